@@ -1,0 +1,57 @@
+"""metarun's side of a throughput benchmark: one workload, one JSON line (see compare.py)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import measure, worker_arguments  # noqa: E402
+
+from metarun.algorithms import MAML, ProtoNet  # noqa: E402
+from metarun.data.omniglot import load_omniglot  # noqa: E402
+from metarun.data.split import ImageSplit  # noqa: E402
+from metarun.episodes import EpisodeBatch, EpisodeSampler, EpisodeSpec  # noqa: E402
+from metarun.models import Conv4  # noqa: E402
+
+
+def random_batch(args) -> EpisodeBatch:
+    g = torch.Generator().manual_seed(0)
+    labels = lambda k: torch.arange(args.ways).repeat_interleave(k).repeat(args.tasks, 1)  # noqa: E731
+    return EpisodeBatch(
+        torch.rand(args.tasks, args.ways * args.shots, 1, 28, 28, generator=g), labels(args.shots),
+        torch.rand(args.tasks, args.ways * args.queries, 1, 28, 28, generator=g), labels(args.queries),
+        torch.arange(args.ways).repeat(args.tasks, 1),
+    )
+
+
+def main() -> None:
+    args = worker_arguments()
+    torch.manual_seed(0)
+    backbone = Conv4(in_channels=1, image_size=28, pooling=args.pooling)
+    if args.method == "maml":
+        algorithm = MAML(backbone, args.ways, inner_lr=0.4, inner_steps=args.inner_steps, first_order=bool(args.first_order), task_batching="loop")
+    else:
+        algorithm = ProtoNet(backbone)
+    optimizer = torch.optim.Adam(algorithm.parameters(), lr=1e-3)
+    if args.data == "random":
+        fixed = random_batch(args)
+        next_batch = lambda: fixed  # noqa: E731
+    else:
+        split: ImageSplit = load_omniglot(args.omniglot, protocol="vinyals").train
+        sampler = EpisodeSampler(split, EpisodeSpec(args.ways, args.shots, args.queries), seed=0)
+        next_batch = lambda: sampler.sample(args.tasks)  # noqa: E731
+
+    def step():
+        output = algorithm.step(next_batch(), train=True)
+        optimizer.zero_grad(set_to_none=True)
+        output.objective.backward()
+        optimizer.step()
+
+    measure(step, args)
+
+
+if __name__ == "__main__":
+    main()

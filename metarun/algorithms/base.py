@@ -1,0 +1,59 @@
+"""The one algorithm interface every method implements, and the helpers they share."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from metarun.episodes import EpisodeBatch
+
+
+@dataclass
+class StepOutput:
+    """What one step over a meta-batch returns to the trainer.
+
+    objective: scalar whose gradient with respect to the algorithm's parameters is the
+               meta-gradient (it need not equal the loss: see `gradient_surrogate`).
+    metrics:   per-task values [T], detached; always "loss" and "acc" of the query set.
+    """
+
+    objective: Tensor
+    metrics: dict[str, Tensor]
+
+
+class Algorithm(nn.Module, ABC):
+    """A meta-learner: reads a meta-batch of episodes, returns an objective and metrics.
+
+    The trainer calls `step(batch, train=True)` in training mode with autograd on, and
+    `step(batch, train=False)` in eval mode under torch.no_grad().
+    """
+
+    @abstractmethod
+    def step(self, batch: EpisodeBatch, train: bool) -> StepOutput:
+        ...
+
+
+def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Fraction of correct predictions over the last-but-one dim: logits [..., M, N], labels [..., M] -> [...]."""
+    return (logits.argmax(dim=-1) == labels).float().mean(dim=-1)
+
+
+def class_means(embeddings: Tensor, labels: Tensor, ways: int) -> Tensor:
+    """Mean embedding per class: embeddings [T, S, F], labels [T, S] in 0..N-1 -> [T, N, F]."""
+    one_hot = torch.nn.functional.one_hot(labels, ways).to(embeddings.dtype)  # [T, S, N]
+    sums = one_hot.transpose(1, 2) @ embeddings  # [T, N, F]
+    return sums / one_hot.sum(dim=1).unsqueeze(-1)
+
+
+def gradient_surrogate(params: Sequence[Tensor], grads: Iterable[Tensor | None]) -> Tensor:
+    """A scalar whose gradient with respect to `params` is exactly `grads`: sum(p * g).
+
+    Lets an algorithm that backpropagates task by task (holding one task's graph at a time)
+    hand the trainer an ordinary objective to call backward on.
+    """
+    total = sum((param * grad.detach()).sum() for param, grad in zip(params, grads) if grad is not None)
+    return total if isinstance(total, Tensor) else torch.zeros((), device=params[0].device)

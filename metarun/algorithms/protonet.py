@@ -1,0 +1,40 @@
+"""Prototypical Networks (Snell et al. 2017): classify queries by distance to class means."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metarun.algorithms.base import Algorithm, StepOutput, accuracy, class_means
+from metarun.episodes import EpisodeBatch
+
+
+class ProtoNet(Algorithm):
+    """Logits are negative squared Euclidean distances from query embeddings to prototypes."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+
+    def step(self, batch: EpisodeBatch, train: bool) -> StepOutput:
+        logits = self.logits(batch)  # [T, N*Q, N]
+        loss = F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten(), reduction="none")
+        loss = loss.view(batch.tasks, -1).mean(dim=1)  # [T]
+        return StepOutput(loss.mean(), {"loss": loss.detach(), "acc": accuracy(logits, batch.query_y).detach()})
+
+    def logits(self, batch: EpisodeBatch) -> Tensor:
+        """[T, N*Q, N]: one forward pass embeds every support and query image of the meta-batch."""
+        tasks, n_support = batch.support_y.shape
+        images = torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])  # [T*(N*K + N*Q), C, H, W]
+        embeddings = self.backbone(images)
+        support = embeddings[: tasks * n_support].view(tasks, n_support, -1)  # [T, N*K, F]
+        query = embeddings[tasks * n_support :].view(tasks, batch.query_y.shape[1], -1)  # [T, N*Q, F]
+        prototypes = class_means(support, batch.support_y, batch.ways)  # [T, N, F]
+        return -squared_distances(query, prototypes)
+
+
+def squared_distances(a: Tensor, b: Tensor) -> Tensor:
+    """||a_i - b_j||^2: a [T, M, F], b [T, N, F] -> [T, M, N]."""
+    return (a.unsqueeze(2) - b.unsqueeze(1)).pow(2).sum(dim=-1)
+

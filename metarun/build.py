@@ -1,0 +1,197 @@
+"""The one composition root: a composed config becomes the run's objects (the only module that calls instantiate)."""
+
+from __future__ import annotations
+
+import platform
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import metarun
+from metarun.data import DataSplits
+from metarun.episodes import EpisodeSampler, EpisodeSpec, FixedEpisodes
+from metarun.errors import MetarunError
+from metarun.trainer import LoopSettings, Trainer
+
+
+def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> dict:
+    """Build the run described by `cfg` in `run_dir`, meta-train it and return its results."""
+    return build_trainer(cfg, run_dir, choices).fit()
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> Trainer:
+    """Check the config, load the data, build every object; fail with one line before training."""
+    check_settings(cfg)
+    device = resolve_device(cfg.device)
+    train_spec, eval_spec = episode_specs(cfg.episode)
+    settings = LoopSettings(**cfg.trainer)
+    seed_everything(cfg.seed)
+    splits: DataSplits = make(cfg, "data")
+    check_splits(splits, train_spec, eval_spec, choices.get("data", "the data set"))
+    splits = splits.to(device)
+    algorithm = build_algorithm(cfg, splits, device, choices)
+    optimizer = make(cfg, "optim")(algorithm.parameters())
+    scheduler = make(cfg, "scheduler")(optimizer) if cfg.get("scheduler") else None
+    prepare_run_dir(run_dir)
+    return Trainer(
+        algorithm=algorithm,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        sampler=EpisodeSampler(splits.train, train_spec, cfg.seed, repeat_every=settings.overfit_batches),
+        val_episodes=FixedEpisodes(splits.val, eval_spec, settings.val_episodes, cfg.seed, "val"),
+        test_episodes=FixedEpisodes(splits.test, eval_spec, settings.test_episodes, cfg.seed, "test"),
+        settings=settings,
+        run_dir=run_dir,
+        logger=make(cfg, "logger", log_dir=run_dir / "tb"),
+        metadata=run_metadata(cfg, choices, device),
+        hparams=run_hparams(cfg, choices),
+    )
+
+
+def build_algorithm(cfg: DictConfig, splits: DataSplits, device: torch.device, choices: dict[str, str]):
+    channels, size, _ = splits.train.image_shape
+    backbone = make(cfg, "backbone", in_channels=channels, image_size=size)
+    extra = {}
+    if cfg.algo.get("ways") is not None and cfg.episode.train_ways != cfg.episode.ways:
+        raise MetarunError(
+            f"algo={choices.get('algo')} has a head of episode.ways={cfg.episode.ways} outputs, "
+            f"so episode.train_ways={cfg.episode.train_ways} must equal it"
+        )
+    if cfg.algo.get("task_batching") == "auto":
+        # Measured in benchmarks/: a per-task loop is fastest on a small CPU, vmap fills a GPU.
+        extra["task_batching"] = "vmap" if device.type == "cuda" else "loop"
+    return make(cfg, "algo", backbone=backbone, **extra).to(device)
+
+
+def make(cfg: DictConfig, key: str, **kwargs):
+    """instantiate(cfg[key]); a MetarunError inside comes out as itself, any other failure as one line."""
+    try:
+        return instantiate(cfg[key], **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__
+        if isinstance(cause, MetarunError):
+            raise cause from None
+        detail = str(cause or error).splitlines()[-1] if str(cause or error) else type(cause).__name__
+        raise MetarunError(f"could not build {key} ({cfg[key].get('_target_')}): {detail}") from None
+
+
+def episode_specs(episode: DictConfig) -> tuple[EpisodeSpec, EpisodeSpec]:
+    """(training episodes, evaluation episodes): training may use more ways or other query counts."""
+    train = EpisodeSpec(episode.train_ways, episode.shots, episode.train_queries)
+    return train, EpisodeSpec(episode.ways, episode.shots, episode.queries)
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """Reject values no run can use, naming the key, the value and what is allowed."""
+    rules = [
+        ("episode.ways", 2, "at least 2"),
+        ("episode.train_ways", 2, "at least 2"),
+        ("episode.shots", 1, "at least 1"),
+        ("episode.queries", 1, "at least 1"),
+        ("episode.train_queries", 1, "at least 1"),
+        ("trainer.steps", 1, "a positive integer"),
+        ("trainer.meta_batch_size", 1, "a positive integer"),
+        ("trainer.eval_every", 1, "a positive integer"),
+        ("trainer.val_episodes", 1, "a positive integer"),
+        ("trainer.test_episodes", 1, "a positive integer"),
+        ("trainer.eval_batch_size", 1, "a positive integer"),
+        ("algo.inner_steps", 1, "at least 1"),
+        ("algo.eval_inner_steps", 0, "0 or more"),
+    ]
+    for key, minimum, allowed in rules:
+        value = OmegaConf.select(cfg, key)
+        if value is not None and (not isinstance(value, int) or value < minimum):
+            raise MetarunError(f"{key}={value!r} is invalid: it must be {allowed}")
+    for key in ("optim.lr", "algo.inner_lr"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and (not isinstance(value, (int, float)) or value <= 0):
+            raise MetarunError(f"{key}={value!r} is invalid: a learning rate must be positive")
+
+
+def check_splits(splits: DataSplits, train_spec: EpisodeSpec, eval_spec: EpisodeSpec, data_name: str) -> None:
+    """Episodes must fit the splits: enough classes for the ways, enough images for shots + queries."""
+    for split_name, split in splits.items():
+        spec, prefix = (train_spec, "train_") if split_name == "train" else (eval_spec, "")
+        if spec.ways > split.num_classes:
+            raise MetarunError(
+                f"episode.{prefix}ways={spec.ways} is more than the {split.num_classes} classes "
+                f"of the {split_name} split of {data_name}"
+            )
+        if spec.images_per_class > split.min_images_per_class:
+            raise MetarunError(
+                f"episode.shots + episode.{prefix}queries = {spec.shots} + {spec.queries} is more than the "
+                f"{split.min_images_per_class} images per class in the {split_name} split of {data_name}"
+            )
+
+
+def resolve_device(name: str) -> torch.device:
+    if name not in ("auto", "cpu", "cuda") and not str(name).startswith("cuda:"):
+        raise MetarunError(f"device={name!r} is not known; use auto, cpu or cuda")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(name).startswith("cuda") and not torch.cuda.is_available():
+        raise MetarunError(f"device={name} was asked for but no CUDA GPU is available; use device=cpu or device=auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch, so initialisation is the same for the same seed."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def prepare_run_dir(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / ".write-test").touch()
+        (run_dir / ".write-test").unlink()
+    except OSError as error:
+        raise MetarunError(f"the run folder {run_dir} cannot be written ({error.strerror}); choose another with hydra.run.dir=...") from None
+
+
+def run_metadata(cfg: DictConfig, choices: dict[str, str], device: torch.device) -> dict:
+    """What results.json says about the run besides its numbers."""
+    return {
+        "algorithm": choices.get("algo"),
+        "data": choices.get("data"),
+        "backbone": choices.get("backbone"),
+        "ways": cfg.episode.ways,
+        "shots": cfg.episode.shots,
+        "queries": cfg.episode.queries,
+        "train_ways": cfg.episode.train_ways,
+        "seed": cfg.seed,
+        "device": str(device),
+        "versions": {
+            "metarun": metarun.__version__,
+            "torch": torch.__version__,
+            "torchvision": _version("torchvision"),
+            "python": platform.python_version(),
+        },
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+
+
+def run_hparams(cfg: DictConfig, choices: dict[str, str]) -> dict:
+    """The TensorBoard HParams row: the chosen options and every scalar of algo, episode and optim."""
+    hparams = {group: choices.get(group) for group in ("algo", "data", "backbone", "experiment") if choices.get(group)}
+    hparams.update(seed=cfg.seed, steps=cfg.trainer.steps, meta_batch_size=cfg.trainer.meta_batch_size)
+    for group in ("algo", "episode", "optim"):
+        for key, value in OmegaConf.to_container(cfg[group], resolve=True).items():
+            if not key.startswith("_") and isinstance(value, (int, float, str, bool)):
+                hparams[f"{group}.{key}"] = value
+    return hparams
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None

@@ -1,0 +1,42 @@
+"""Checkpoints written atomically, holding everything a resumed run needs to continue exactly."""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def save_atomic(payload: dict, path: Path) -> None:
+    """Write to a temporary file, fsync, then rename: a kill at any moment leaves the old or the new file whole."""
+    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as handle:
+        torch.save(payload, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(handle.name, path)
+
+
+def rng_states() -> dict:
+    """The global random number generators' states (Python, NumPy, torch CPU and CUDA)."""
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def load(path: Path) -> dict:
+    """Load onto the CPU: RNG states must live there, and load_state_dict moves weights to their device."""
+    # weights_only=False: the payload holds RNG states (NumPy arrays, tuples) that we wrote ourselves.
+    return torch.load(path, map_location="cpu", weights_only=False)

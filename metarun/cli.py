@@ -1,0 +1,54 @@
+"""The `metarun` command: the Hydra entry point and nothing else; training lives in build.py and trainer.py."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from metarun.allocator import tune_malloc
+from metarun.errors import MetarunError
+
+log = logging.getLogger("metarun")
+
+
+def config_dir() -> str:
+    """configs/ inside the installed package, or the repository's top-level configs/ in a checkout."""
+    installed = Path(__file__).parent / "configs"
+    return str(installed if installed.is_dir() else Path(__file__).resolve().parents[1] / "configs")
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Train one run; returns `optimized_metric` for sweepers that maximise it."""
+    from metarun.build import train  # heavy imports after Hydra has parsed the command line
+
+    if cfg.get("malloc") == "tuned":
+        tune_malloc()
+    runtime = HydraConfig.get().runtime
+    try:
+        results = train(cfg, Path(runtime.output_dir), dict(runtime.choices))
+    except MetarunError as error:
+        print(f"metarun: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    test = results["test"]
+    log.info("test acc %.4f ± %.4f over %d episodes; results in %s", test["acc"], test["acc_ci95"], test["episodes"], runtime.output_dir)
+    return lookup(results, cfg.get("optimized_metric"))
+
+
+def lookup(results: dict, metric: str | None) -> float | None:
+    """results["val"]["best_acc"] for metric "val/best_acc"."""
+    if not metric:
+        return None
+    value = results
+    for part in metric.split("/"):
+        value = value[part]
+    return float(value)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""Omniglot from the official zips or their unpacked folders, decoded once into a uint8 cache.
+
+Protocols:
+  vinyals: the split of Vinyals et al. 2016 (1028 / 172 / 423 characters), each character's
+           90/180/270-degree rotations added as new classes, as the published results use.
+  lake:    train on the 30 background alphabets, test on the 20 evaluation alphabets; a few
+           background alphabets, chosen by `split_seed`, are held out for validation; no rotations.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import zipfile
+from collections import defaultdict
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+from metarun.data.cache import cached
+from metarun.data.split import DataSplits, ImageSplit
+from metarun.errors import MetarunError
+
+PARTS = ("images_background", "images_evaluation")
+IMAGES_PER_CHARACTER = 20
+
+
+def load_omniglot(
+    root: str,
+    protocol: Literal["vinyals", "lake"] = "vinyals",
+    image_size: int = 28,
+    download: bool = False,
+    cache_dir: str = "~/.cache/metarun",
+    lake_val_alphabets: int = 5,
+    split_seed: int = 0,
+) -> DataSplits:
+    """All three splits of Omniglot under `protocol`, images [1, image_size, image_size], ink = 255."""
+    if protocol not in ("vinyals", "lake"):
+        raise MetarunError(f"data.protocol={protocol!r} is not known; use 'vinyals' or 'lake'")
+    root_path = Path(root).expanduser()
+    if download:
+        _download(root_path)
+    sources = find_sources(root_path)
+    characters = cached(Path(cache_dir).expanduser(), f"omniglot-{image_size}px", sources, image_size,
+                        build=lambda: decode_characters(sources, image_size))
+    names, images = characters["names"], characters["images"]  # list[str], uint8 [1623, 20, 1, S, S]
+    by_name = dict(zip(names, images))
+    if protocol == "vinyals":
+        split_names = _vinyals_split_names()
+        return DataSplits(**{s: _with_rotations(by_name, split_names[s]) for s in ("train", "val", "test")})
+    split_names = _lake_split_names(names, lake_val_alphabets, split_seed)
+    return DataSplits(**{s: _plain(by_name, split_names[s]) for s in ("train", "val", "test")})
+
+
+def find_sources(root: Path) -> dict[str, Path]:
+    """The zip or unpacked folder of each part, looked for in root and root/omniglot-py."""
+    sources = {}
+    for part in PARTS:
+        candidates = [base / name for base in (root, root / "omniglot-py") for name in (part, f"{part}.zip")]
+        found = next((path for path in candidates if path.exists()), None)
+        if found is None:
+            raise MetarunError(
+                f"Omniglot not found: no {part}.zip or {part}/ in {root}; "
+                "set data.root to the folder holding the official zips (for example ../shared/data/omniglot) "
+                "or set data.download=true to fetch them (needs internet)"
+            )
+        sources[part] = found
+    return sources
+
+
+def decode_characters(sources: dict[str, Path], image_size: int) -> dict:
+    """Decode every drawing: names ['background/<alphabet>/<character>', ...] and uint8 images."""
+    grouped: dict[str, list[tuple[str, bytes]]] = defaultdict(list)
+    for part, path in sources.items():
+        for member, data in _read_pngs(path):
+            alphabet, character, filename = member.split("/")[-3:]
+            grouped[f"{part.removeprefix('images_')}/{alphabet}/{character}"].append((filename, data))
+    names = sorted(grouped)
+    images = torch.empty(len(names), IMAGES_PER_CHARACTER, 1, image_size, image_size, dtype=torch.uint8)
+    for c, name in enumerate(names):
+        drawings = sorted(grouped[name])
+        if len(drawings) != IMAGES_PER_CHARACTER:
+            raise MetarunError(f"Omniglot character {name} has {len(drawings)} drawings, expected {IMAGES_PER_CHARACTER}: is the data set complete?")
+        for i, (filename, data) in enumerate(drawings):
+            images[c, i, 0] = _decode_png(data, image_size, f"{name}/{filename}")
+    return {"names": names, "images": images}
+
+
+def _read_pngs(path: Path):
+    """Yield (member path, PNG bytes) from a zip or an unpacked folder."""
+    if path.is_dir():
+        for file in sorted(path.rglob("*.png")):
+            yield file.relative_to(path.parent).as_posix(), file.read_bytes()
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.namelist():
+                if member.endswith(".png"):
+                    yield member, archive.read(member)
+    except (zipfile.BadZipFile, EOFError, OSError) as error:
+        raise MetarunError(f"Omniglot archive {path} cannot be read ({error}): the file is truncated or corrupt") from None
+
+
+def _decode_png(data: bytes, image_size: int, name: str) -> torch.Tensor:
+    """A drawing as uint8 [S, S], resized with Lanczos as the published pipelines do, ink = 255."""
+    try:
+        image = Image.open(io.BytesIO(data)).convert("L")
+    except (OSError, ValueError) as error:
+        raise MetarunError(f"Omniglot image {name} cannot be decoded ({error})") from None
+    if image.size != (image_size, image_size):
+        image = image.resize((image_size, image_size), Image.LANCZOS)
+    return torch.from_numpy(255 - np.asarray(image, dtype=np.uint8))
+
+
+def _vinyals_split_names() -> dict[str, list[str]]:
+    folder = resources.files("metarun.data") / "splits" / "omniglot-vinyals"
+    splits = {}
+    for split in ("train", "val", "test"):
+        tree = json.loads((folder / f"{split}.json").read_text())
+        splits[split] = [f"{part}/{alphabet}/{character}" for part, alphabets in tree.items()
+                         for alphabet, characters in alphabets.items() for character in characters]
+    return splits
+
+
+def _lake_split_names(names: list[str], val_alphabets: int, split_seed: int) -> dict[str, list[str]]:
+    background = sorted({name.rsplit("/", 1)[0] for name in names if name.startswith("background/")})
+    held_out = set(random.Random(split_seed).sample(background, val_alphabets))
+    return {
+        "train": [n for n in names if n.startswith("background/") and n.rsplit("/", 1)[0] not in held_out],
+        "val": [n for n in names if n.rsplit("/", 1)[0] in held_out],
+        "test": [n for n in names if n.startswith("evaluation/")],
+    }
+
+
+def _plain(by_name: dict[str, torch.Tensor], names: list[str]) -> ImageSplit:
+    return ImageSplit.from_classes([_lookup(by_name, n) for n in names], names)
+
+
+def _with_rotations(by_name: dict[str, torch.Tensor], names: list[str]) -> ImageSplit:
+    per_class, class_names = [], []
+    for quarter_turns in range(4):
+        for name in names:
+            per_class.append(torch.rot90(_lookup(by_name, name), quarter_turns, dims=(-2, -1)))
+            class_names.append(f"{name}/rot{90 * quarter_turns}")
+    return ImageSplit.from_classes(per_class, class_names)
+
+
+def _lookup(by_name: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    if name not in by_name:
+        raise MetarunError(f"the Omniglot split names character {name}, which the data set lacks")
+    return by_name[name]
+
+
+def _download(root: Path) -> None:
+    """Fetch the official zips with torchvision; without internet, fail fast with the fixes."""
+    import socket
+
+    from torchvision.datasets.utils import download_url
+
+    base = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python"
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(10)
+    try:
+        for part in PARTS:
+            if not (root / f"{part}.zip").exists() and not (root / part).exists():
+                download_url(f"{base}/{part}.zip", str(root))
+    except Exception as error:  # any network failure becomes the same actionable line
+        raise MetarunError(
+            f"could not download Omniglot into {root} ({type(error).__name__}: {error}); "
+            "copy images_background.zip and images_evaluation.zip there and set data.download=false"
+        ) from None
+    finally:
+        socket.setdefaulttimeout(previous)

@@ -1,0 +1,55 @@
+"""Loggers the trainer writes scalars and the run's hparams entry to: TensorBoard, or nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class NullLogger:
+    """Logs nothing (logger=none)."""
+
+    def __init__(self, log_dir: str | Path | None = None):
+        pass
+
+    def start(self, step: int) -> None:
+        pass
+
+    def log_scalars(self, scalars: dict[str, float], step: int) -> None:
+        pass
+
+    def log_hparams(self, hparams: dict, metrics: dict[str, float]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class TensorBoardLogger(NullLogger):
+    """Scalars `train/*`, `val/*`, `test/*` against the step, and one HParams entry per run."""
+
+    def __init__(self, log_dir: str | Path, flush_secs: int = 30):
+        self.log_dir = Path(log_dir)
+        self.flush_secs = flush_secs
+        self.writer = None
+
+    def start(self, step: int) -> None:
+        """Open the event file; a resumed run purges events after `step` so curves never repeat."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(self.log_dir, purge_step=step + 1 if step else None, flush_secs=self.flush_secs)
+
+    def log_scalars(self, scalars: dict[str, float], step: int) -> None:
+        for name, value in scalars.items():
+            self.writer.add_scalar(name, value, step)
+
+    def log_hparams(self, hparams: dict, metrics: dict[str, float]) -> None:
+        """Write the HParams entry into this run's own event file (add_hparams would start a
+        stray sub-run folder)."""
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        for summary in hparams_summary(hparams, metrics):
+            self.writer.file_writer.add_summary(summary)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

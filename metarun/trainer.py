@@ -1,0 +1,191 @@
+"""The single training loop: meta-train, validate, checkpoint, test. It never asks which algorithm it runs."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from metarun import checkpoints
+from metarun.algorithms.base import Algorithm
+from metarun.episodes import EpisodeSampler, FixedEpisodes
+from metarun.errors import MetarunError
+from metarun.loggers import NullLogger
+from metarun.results import summarize, write_json
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """The trainer group of the config: how long to train, how often to validate, what to keep."""
+
+    steps: int
+    meta_batch_size: int
+    eval_every: int
+    val_episodes: int = 100
+    test_episodes: int = 600
+    eval_batch_size: int = 25
+    grad_clip: float | None = None
+    log_every: int = 10
+    progress: bool = True
+    resume: bool = False
+    overfit_batches: int = 0
+
+
+@dataclass
+class Progress:
+    """What a checkpoint restores besides the weights: where the run is and what it has seen."""
+
+    step: int = 0
+    best_val_acc: float = float("-inf")
+    best_step: int = 0
+    train_seconds: float = 0.0
+
+
+class Trainer:
+    def __init__(
+        self,
+        algorithm: Algorithm,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+        sampler: EpisodeSampler,
+        val_episodes: FixedEpisodes,
+        test_episodes: FixedEpisodes,
+        settings: LoopSettings,
+        run_dir: Path,
+        logger: NullLogger | None = None,
+        metadata: dict | None = None,
+        hparams: dict | None = None,
+    ):
+        self.algorithm = algorithm
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.sampler = sampler
+        self.val_episodes = val_episodes
+        self.test_episodes = test_episodes
+        self.settings = settings
+        self.run_dir = Path(run_dir)
+        self.logger = logger or NullLogger()
+        self.metadata = metadata or {}
+        self.hparams = hparams or {}
+        self.progress = Progress()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.algorithm.parameters()).device
+
+    def fit(self) -> dict:
+        """Meta-train to `steps`, validating every `eval_every`; then test the best weights."""
+        started = time.perf_counter()
+        if self.settings.resume:
+            self._restore(self.run_dir / "last.pt")
+        self.logger.start(self.progress.step)
+        try:
+            self._train()
+            results = self._test(time.perf_counter() - started)
+        finally:
+            self.logger.close()
+        return results
+
+    def _train(self) -> None:
+        settings, progress = self.settings, self.progress
+        bar = tqdm(total=settings.steps, initial=progress.step, disable=not settings.progress, desc="meta-train", dynamic_ncols=True)
+        self.algorithm.train()
+        segment_start = time.perf_counter()
+        for step in range(progress.step + 1, settings.steps + 1):
+            metrics = self._train_step()
+            bar.update()
+            if step % settings.log_every == 0 or step == settings.steps:
+                scalars = {f"train/{name}": float(values.mean()) for name, values in metrics.items()}
+                scalars["train/lr"] = self.optimizer.param_groups[0]["lr"]
+                self.logger.log_scalars(scalars, step)
+                bar.set_postfix(loss=f"{scalars['train/loss']:.3f}", acc=f"{scalars['train/acc']:.3f}")
+            if step % settings.eval_every == 0 or step == settings.steps:
+                progress.train_seconds += self._elapsed_since(segment_start)
+                progress.step = step
+                self._validate(step, bar)
+                segment_start = time.perf_counter()
+        bar.close()
+
+    def _train_step(self) -> dict[str, torch.Tensor]:
+        batch = self.sampler.sample(self.settings.meta_batch_size)
+        output = self.algorithm.step(batch, train=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        output.objective.backward()
+        if self.settings.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.algorithm.parameters(), self.settings.grad_clip)
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return output.metrics
+
+    def _validate(self, step: int, bar: tqdm) -> None:
+        summary = summarize(self.evaluate(self.val_episodes))
+        self.logger.log_scalars({"val/acc": summary["acc"], "val/loss": summary["loss"]}, step)
+        bar.set_postfix(val_acc=f"{summary['acc']:.3f}")
+        if summary["acc"] > self.progress.best_val_acc:
+            self.progress.best_val_acc, self.progress.best_step = summary["acc"], step
+            checkpoints.save_atomic({"algorithm": self.algorithm.state_dict(), "step": step}, self.run_dir / "best.pt")
+        checkpoints.save_atomic(self._state(), self.run_dir / "last.pt")
+
+    def evaluate(self, episodes: FixedEpisodes) -> dict[str, torch.Tensor]:
+        """Per-episode metrics [E] on fixed episodes, in eval mode without an outer graph."""
+        self.algorithm.eval()
+        per_episode = defaultdict(list)
+        with torch.no_grad():
+            for batch in episodes.batches(self.settings.eval_batch_size):
+                for name, values in self.algorithm.step(batch, train=False).metrics.items():
+                    per_episode[name].append(values)
+        self.algorithm.train()
+        return {name: torch.cat(values).cpu() for name, values in per_episode.items()}
+
+    def _test(self, wall_seconds: float) -> dict:
+        best = checkpoints.load(self.run_dir / "best.pt")
+        self.algorithm.load_state_dict(best["algorithm"])
+        test = summarize(self.evaluate(self.test_episodes))
+        progress = self.progress
+        tasks = progress.step * self.settings.meta_batch_size
+        results = {
+            **self.metadata,
+            "steps": progress.step,
+            "wall_s": wall_seconds,
+            "train": {"seconds": progress.train_seconds, "tasks_per_s": tasks / max(progress.train_seconds, 1e-9)},
+            "val": {"best_acc": progress.best_val_acc, "best_step": progress.best_step},
+            "test": test,
+        }
+        final = {"test/acc": test["acc"], "test/acc_ci95": test["acc_ci95"], "val/best_acc": progress.best_val_acc}
+        self.logger.log_scalars({"test/acc": test["acc"], "test/loss": test["loss"]}, progress.step)
+        self.logger.log_hparams(self.hparams, final)
+        write_json(self.run_dir / "results.json", results)
+        return results
+
+    def _state(self) -> dict:
+        return {
+            "algorithm": self.algorithm.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "sampler": self.sampler.state_dict(),
+            "rng": checkpoints.rng_states(),
+            "progress": vars(self.progress).copy(),
+            "metadata": self.metadata,
+        }
+
+    def _restore(self, path: Path) -> None:
+        if not path.exists():
+            raise MetarunError(f"trainer.resume=true but there is no checkpoint at {path}; point hydra.run.dir at the run folder to resume")
+        state = checkpoints.load(path)
+        self.algorithm.load_state_dict(state["algorithm"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        checkpoints.restore_rng_states(state["rng"])
+        self.progress = Progress(**state["progress"])
+
+    def _elapsed_since(self, start: float) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - start

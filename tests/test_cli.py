@@ -1,0 +1,77 @@
+"""The `metarun` command in a subprocess, from a folder outside the repository, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CONFIGS_EXPERIMENTS
+
+
+def metarun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    executable = shutil.which("metarun") or str(Path(sys.executable).parent / "metarun")
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def results_under(folder: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(folder.rglob("results.json"))]
+
+
+def test_a_smoke_run_writes_its_run_folder_named_after_what_ran(tmp_path):
+    done = metarun("debug=smoke", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    runs = list((tmp_path / "outputs" / "maml_synthetic_5w1s").iterdir())
+    assert len(runs) == 1
+    assert {"results.json", "best.pt", "last.pt", "tb", ".hydra"} <= {p.name for p in runs[0].iterdir()}
+    assert "test acc" in done.stdout + done.stderr
+
+
+def test_a_2x2_multirun_runs_four_jobs_in_folders_named_by_their_overrides(tmp_path):
+    done = metarun("-m", "algo=maml,protonet", "episode=5way_1shot,5way_5shot", "debug=smoke", "logger=none", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    results = results_under(tmp_path / "outputs" / "multirun")
+    assert sorted((r["algorithm"], r["shots"]) for r in results) == [("maml", 1), ("maml", 5), ("protonet", 1), ("protonet", 5)]
+    names = [p.parent.name for p in (tmp_path / "outputs" / "multirun").rglob("results.json")]
+    assert any("algo=protonet" in name and "episode=5way_5shot" in name for name in names)
+
+
+def test_every_experiment_runs_under_debug_smoke(tmp_path):
+    done = metarun("-m", "experiment=glob(*)", "debug=smoke", "logger=none", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    results = results_under(tmp_path / "outputs" / "multirun")
+    assert len(results) == len(CONFIGS_EXPERIMENTS)
+    assert all(0 <= r["test"]["acc"] <= 1 for r in results)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("episode.ways=1", "episode.ways=1 is invalid"),
+        ("episode.ways=50", "episode.ways=50 is more than the 24 classes"),
+        ("trainer.steps=-3", "trainer.steps=-3 is invalid"),
+    ],
+)
+def test_bad_input_exits_non_zero_with_one_line_and_no_traceback(tmp_path, override, message):
+    done = metarun("debug=smoke", override, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("metarun: error:") and message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_an_unknown_group_option_names_the_options(tmp_path):
+    done = metarun("algo=nope", cwd=tmp_path)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "nope" in done.stderr and "protonet" in done.stderr
+
+
+def test_a_missing_data_root_is_one_line_naming_the_path(tmp_path):
+    done = metarun(f"data.root={tmp_path / 'no-omniglot'}", "logger=none", cwd=tmp_path)
+    assert done.returncode == 2 and str(tmp_path / "no-omniglot") in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

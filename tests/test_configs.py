@@ -1,0 +1,92 @@
+"""Config composition: every option of every group composes, and every object instantiates."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.utils import instantiate
+
+from metarun.algorithms import Algorithm
+from metarun.build import build_algorithm, episode_specs
+from metarun.cli import config_dir
+from metarun.data import DataSplits
+from pathlib import Path
+
+from tests.conftest import SMOKE, compose_run
+
+CONFIGS = Path(config_dir())
+
+
+def options(group: str) -> list[str]:
+    return sorted(path.stem for path in (CONFIGS / group).glob("*.yaml"))
+
+
+def test_the_config_folder_has_every_group_of_the_design():
+    groups = {path.name for path in CONFIGS.iterdir() if path.is_dir()}
+    assert {"algo", "backbone", "data", "episode", "optim", "trainer", "logger", "debug", "hydra", "experiment"} <= groups
+
+
+def test_defaults_are_maml_conv4_omniglot_5way_1shot_adam():
+    cfg, choices = compose_run([])
+    assert (choices["algo"], choices["backbone"], choices["data"], choices["episode"], choices["optim"]) == (
+        "maml", "conv4", "omniglot", "5way_1shot", "adam")
+    assert cfg.episode.train_ways == cfg.episode.ways == 5
+    assert cfg.trainer.test_episodes == 600
+
+
+@pytest.mark.parametrize("algo", options("algo"))
+def test_every_algorithm_instantiates_and_steps(algo):
+    cfg, choices = compose_run(SMOKE + [f"algo={algo}"])
+    splits: DataSplits = instantiate(cfg.data)
+    algorithm = build_algorithm(cfg, splits, __import__("torch").device("cpu"), choices)
+    assert isinstance(algorithm, Algorithm)
+
+
+@pytest.mark.parametrize("episode", options("episode"))
+def test_every_episode_setting_composes(episode):
+    cfg, _ = compose_run([f"episode={episode}"])
+    train, evaluation = episode_specs(cfg.episode)
+    assert f"{evaluation.ways}way_{evaluation.shots}shot" == episode
+    assert train.ways == evaluation.ways
+
+
+@pytest.mark.parametrize("group", ["optim", "logger", "backbone"])
+def test_every_option_of_the_object_groups_instantiates(group, tmp_path):
+    for option in options(group):
+        cfg, _ = compose_run(SMOKE + [f"{group}={option}"])
+        if group == "optim":
+            import torch
+
+            assert isinstance(instantiate(cfg.optim)([torch.nn.Parameter(torch.zeros(1))]), torch.optim.Optimizer)
+        elif group == "logger":
+            instantiate(cfg.logger, log_dir=tmp_path).close()
+        else:
+            assert instantiate(cfg.backbone, in_channels=1, image_size=28).out_features > 0
+
+
+@pytest.mark.parametrize("trainer,device", [("default", "auto"), ("cpu", "cpu"), ("gpu", "cuda")])
+def test_trainer_options_set_the_device(trainer, device):
+    cfg, _ = compose_run([f"trainer={trainer}"])
+    assert cfg.device == device
+    assert cfg.trainer.steps > 0
+
+
+@pytest.mark.parametrize("data", options("data"))
+def test_every_data_option_composes_with_a_root_or_generator(data):
+    cfg, _ = compose_run([f"data={data}"])
+    assert cfg.data._target_.startswith("metarun.data.")
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_composes_and_says_where_its_number_comes_from(experiment):
+    cfg, choices = compose_run([f"experiment={experiment}"])
+    text = (CONFIGS / "experiment" / f"{experiment}.yaml").read_text()
+    assert "%" in text and "@package _global_" in text  # the paper's number stands in a comment
+    algo, data, setting = experiment.rsplit("_", 2)
+    assert choices["algo"] == algo and choices["data"] == data
+    assert f"{cfg.episode.ways}w{cfg.episode.shots}s" == setting
+
+
+@pytest.mark.parametrize("debug", options("debug"))
+def test_debug_configs_turn_any_run_into_a_cpu_run_on_synthetic_data(debug):
+    cfg, choices = compose_run([f"debug={debug}", "experiment=maml_omniglot_20w1s"])
+    assert choices["data"] == "synthetic" and cfg.device == "cpu"

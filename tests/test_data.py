@@ -1,0 +1,129 @@
+"""Omniglot loading from zips and folders, its protocols, the decode cache, and clear data errors."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from metarun.data.omniglot import load_omniglot
+from metarun.errors import MetarunError
+from tests.conftest import OMNIGLOT, requires_omniglot
+
+FAKE = {"images_background": {"Alpha": 3, "Beta": 3, "Gamma": 2}, "images_evaluation": {"Delta": 2}}
+
+
+def drawing(seed: int) -> bytes:
+    """A 105x105 one-bit PNG like Omniglot's: white paper, a black stroke 6 pixels wide."""
+    image = Image.new("1", (105, 105), 1)
+    for i in range(105):
+        for width in range(6):
+            image.putpixel((i, (seed * 7 + i // 3 + width) % 105), 0)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def make_fake_omniglot(root: Path, as_folders: bool = False) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for part, alphabets in FAKE.items():
+        files = {f"{part}/{alphabet}/character{c:02d}/{c:04d}_{i:02d}.png": drawing(c * 20 + i)
+                 for alphabet, count in alphabets.items() for c in range(1, count + 1) for i in range(1, 21)}
+        if as_folders:
+            for name, data in files.items():
+                (root / name).parent.mkdir(parents=True, exist_ok=True)
+                (root / name).write_bytes(data)
+        else:
+            with zipfile.ZipFile(root / f"{part}.zip", "w") as archive:
+                for name, data in files.items():
+                    archive.writestr(name, data)
+    return root
+
+
+def lake(root: Path, cache: Path, **kwargs):
+    return load_omniglot(str(root), protocol="lake", lake_val_alphabets=1, cache_dir=str(cache), **kwargs)
+
+
+@pytest.mark.parametrize("as_folders", [False, True])
+def test_lake_protocol_trains_on_background_and_tests_on_evaluation_alphabets(tmp_path, as_folders):
+    splits = lake(make_fake_omniglot(tmp_path / "omniglot", as_folders), tmp_path / "cache")
+    assert splits.train.num_classes + splits.val.num_classes == 8
+    assert splits.test.num_classes == 2
+    assert all(name.startswith("evaluation/Delta/") for name in splits.test.class_names)
+    assert splits.train.images.shape[1:] == (1, 28, 28) and splits.train.images.dtype == torch.uint8
+    val_alphabets = {name.split("/")[1] for name in splits.val.class_names}
+    assert len(val_alphabets) == 1 and not val_alphabets & {n.split("/")[1] for n in splits.train.class_names}
+
+
+def test_images_are_ink_on_black_after_the_resize(tmp_path):
+    splits = lake(make_fake_omniglot(tmp_path / "omniglot"), tmp_path / "cache")
+    images = splits.train.images.float()
+    assert images.mean() < 60  # mostly background (0), a little ink (255)
+    assert images.max() > 150
+
+
+def test_the_decoded_images_are_cached_and_reused(tmp_path, monkeypatch):
+    root = make_fake_omniglot(tmp_path / "omniglot")
+    first = lake(root, tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("omniglot-28px-*.pt"))) == 1
+    monkeypatch.setattr("metarun.data.omniglot.decode_characters", lambda *a: pytest.fail("decoded twice"))
+    assert torch.equal(lake(root, tmp_path / "cache").train.images, first.train.images)
+
+
+def test_a_missing_root_names_the_path_and_both_fixes(tmp_path):
+    with pytest.raises(MetarunError) as error:
+        load_omniglot(str(tmp_path / "nowhere"), cache_dir=str(tmp_path / "cache"))
+    message = str(error.value)
+    assert str(tmp_path / "nowhere") in message and "data.root" in message and "data.download=true" in message
+    assert "\n" not in message
+
+
+def test_a_corrupt_zip_is_named(tmp_path):
+    root = make_fake_omniglot(tmp_path / "omniglot")
+    (root / "images_evaluation.zip").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(MetarunError, match="images_evaluation.zip.*corrupt"):
+        lake(root, tmp_path / "cache")
+
+
+def test_a_corrupt_image_is_named_not_skipped(tmp_path):
+    root = make_fake_omniglot(tmp_path / "omniglot", as_folders=True)
+    bad = next((root / "images_background" / "Beta").rglob("*.png"))
+    bad.write_bytes(b"not a png")
+    with pytest.raises(MetarunError, match=bad.name):
+        lake(root, tmp_path / "cache")
+
+
+def test_a_split_naming_a_character_the_data_lacks_is_an_error(tmp_path):
+    with pytest.raises(MetarunError, match="split names character .* which the data set lacks"):
+        load_omniglot(str(make_fake_omniglot(tmp_path / "omniglot")), protocol="vinyals", cache_dir=str(tmp_path / "c"))
+
+
+def test_download_without_internet_fails_fast_with_one_line(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr("torchvision.datasets.utils.download_url", offline)
+    with pytest.raises(MetarunError, match="could not download Omniglot into .*data.download=false"):
+        load_omniglot(str(tmp_path / "omniglot"), download=True, cache_dir=str(tmp_path / "cache"))
+
+
+def test_an_unknown_protocol_is_refused(tmp_path):
+    with pytest.raises(MetarunError, match="data.protocol='paper' is not known"):
+        load_omniglot(str(tmp_path), protocol="paper")
+
+
+@pytest.mark.slow
+@requires_omniglot()
+def test_real_omniglot_vinyals_split_has_the_published_sizes_and_disjoint_classes(tmp_path):
+    splits = load_omniglot(str(OMNIGLOT), protocol="vinyals", cache_dir=str(tmp_path))
+    assert (splits.train.num_classes, splits.val.num_classes, splits.test.num_classes) == (4 * 1028, 4 * 172, 4 * 423)
+    assert splits.train.min_images_per_class == 20
+    characters = [{name.rsplit("/", 1)[0] for name in split.class_names} for _, split in splits.items()]
+    assert not (characters[0] & characters[1] or characters[0] & characters[2] or characters[1] & characters[2])
+    # A rotated class really is the rotation of its character.
+    first = splits.train.class_names.index(splits.train.class_names[0].replace("rot0", "rot90"))
+    torch.testing.assert_close(splits.train.images[first * 20], torch.rot90(splits.train.images[0], 1, dims=(-2, -1)))

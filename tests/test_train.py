@@ -1,0 +1,146 @@
+"""End to end through build.py and the trainer: a smoke run, resume, reproducibility, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from metarun.build import build_trainer, train
+from metarun.errors import MetarunError
+from metarun.trainer import Trainer
+
+
+def read_results(run_dir):
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def test_a_smoke_run_writes_checkpoints_results_and_tensorboard_events(smoke_cfg, tmp_path):
+    cfg, choices = smoke_cfg("logger=tensorboard")
+    results = train(cfg, tmp_path, choices)
+    assert {"best.pt", "last.pt", "results.json", "tb"} <= {p.name for p in tmp_path.iterdir()}
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert [p for p in (tmp_path / "tb").iterdir() if p.is_dir()] == []  # no stray hparams sub-run
+    saved = read_results(tmp_path)
+    assert saved["test"]["acc"] == results["test"]["acc"]
+    assert 0 <= saved["test"]["acc"] <= 1 and saved["test"]["acc_ci95"] >= 0
+    assert saved["test"]["episodes"] == cfg.trainer.test_episodes
+    assert saved["steps"] == cfg.trainer.steps and saved["train"]["tasks_per_s"] > 0
+    assert (saved["algorithm"], saved["data"], saved["ways"], saved["shots"]) == ("maml", "synthetic", 5, 1)
+    assert "val" in saved and "best_acc" in saved["val"] and saved["wall_s"] > 0
+
+
+def test_tensorboard_has_train_val_test_scalars_and_one_hparams_entry(smoke_cfg, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg, choices = smoke_cfg("logger=tensorboard")
+    train(cfg, tmp_path, choices)
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"tensors": 0, "scalars": 0}).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/acc", "val/acc", "test/acc"} <= tags
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
+    plugin = events.PluginTagToContent("hparams")
+    assert "_hparams_/experiment" in plugin and "_hparams_/session_start_info" in plugin
+
+
+@pytest.mark.parametrize("algo", ["maml", "fomaml", "anil", "protonet"])
+def test_every_algorithm_runs_end_to_end(smoke_cfg, tmp_path, algo):
+    cfg, choices = smoke_cfg(f"algo={algo}")
+    assert 0 <= train(cfg, tmp_path, choices)["test"]["acc"] <= 1
+
+
+def test_same_config_and_seed_give_the_same_results(smoke_cfg, tmp_path):
+    cfg, choices = smoke_cfg()
+    first = train(cfg, tmp_path / "a", choices)
+    second = train(cfg, tmp_path / "b", choices)
+    assert first["test"] == second["test"] and first["val"] == second["val"]
+
+
+def test_all_algorithms_are_tested_on_the_same_fixed_episodes(smoke_cfg, tmp_path):
+    trainers = [build_trainer(*smoke_cfg(f"algo={algo}")[:1], tmp_path / algo, smoke_cfg(f"algo={algo}")[1]) for algo in ("maml", "protonet")]
+    assert (trainers[0].test_episodes.indices == trainers[1].test_episodes.indices).all()
+
+
+def test_a_run_stopped_half_way_and_resumed_ends_with_the_same_results(smoke_cfg, tmp_path, monkeypatch):
+    overrides = ("trainer.steps=6", "trainer.eval_every=2")
+    cfg, choices = smoke_cfg(*overrides)
+    straight = train(cfg, tmp_path / "straight", choices)
+
+    original_step = Trainer._train_step
+    calls = {"n": 0}
+
+    def crash_at_step_5(self):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return original_step(self)
+
+    monkeypatch.setattr(Trainer, "_train_step", crash_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "resumed", choices)
+    assert not (tmp_path / "resumed" / "results.json").exists() and (tmp_path / "resumed" / "last.pt").exists()
+    monkeypatch.setattr(Trainer, "_train_step", original_step)
+    resumed = train(*smoke_cfg(*overrides, "trainer.resume=true")[:1], tmp_path / "resumed", choices)
+    assert resumed["test"] == straight["test"]
+    assert resumed["val"] == straight["val"]
+
+
+def test_overfitting_one_meta_batch_drives_the_training_loss_down(tmp_path):
+    from tests.conftest import compose_run
+
+    cfg, choices = compose_run(["debug=overfit", "logger=none", "algo=protonet", "trainer.steps=40", "trainer.progress=false"])
+    trainer = build_trainer(cfg, tmp_path, choices)
+    losses = [float(trainer._train_step()["loss"].mean()) for _ in range(40)]
+    assert losses[-1] < 0.2 * losses[0]
+
+
+BAD_INPUTS = [
+    (["episode.ways=30"], "episode.ways=30 is more than the 24 classes of the val split of synthetic"),
+    (["episode.train_ways=70", "algo=protonet"], "episode.train_ways=70 is more than the 64 classes"),
+    (["episode.shots=10", "episode.queries=15"], "10 \\+ 15 is more than the 20 images per class"),
+    (["episode.ways=1"], "episode.ways=1 is invalid: it must be at least 2"),
+    (["episode.shots=0"], "episode.shots=0 is invalid"),
+    (["trainer.steps=0"], "trainer.steps=0 is invalid: it must be a positive integer"),
+    (["trainer.meta_batch_size=-1"], "trainer.meta_batch_size=-1 is invalid"),
+    (["optim.lr=0"], "optim.lr=0 is invalid: a learning rate must be positive"),
+    (["algo.inner_lr=-0.1"], "algo.inner_lr=-0.1 is invalid"),
+    (["algo.eval_inner_steps=-1"], "algo.eval_inner_steps=-1 is invalid"),
+    (["episode.train_ways=10"], "has a head of episode.ways=5 outputs, so episode.train_ways=10 must equal it"),
+    (["device=tpu"], "device='tpu' is not known"),
+    (["trainer.resume=true"], "trainer.resume=true but there is no checkpoint at"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
+def test_bad_input_fails_before_training_with_one_line(smoke_cfg, tmp_path, monkeypatch, overrides, message):
+    monkeypatch.setattr(Trainer, "_train_step", lambda self: pytest.fail("training started"))
+    cfg, choices = smoke_cfg(*overrides)
+    with pytest.raises(MetarunError, match=message) as error:
+        train(cfg, tmp_path, choices)
+    assert "\n" not in str(error.value)
+
+
+def test_a_missing_data_root_fails_before_training(tmp_path):
+    from tests.conftest import compose_run
+
+    cfg, choices = compose_run(["logger=none", f"data.root={tmp_path / 'missing'}"])
+    with pytest.raises(MetarunError, match="Omniglot not found"):
+        build_trainer(cfg, tmp_path / "run", choices)
+
+
+def test_cuda_without_a_gpu_is_refused(smoke_cfg, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    cfg, choices = smoke_cfg("device=cuda")
+    with pytest.raises(MetarunError, match="no CUDA GPU is available"):
+        build_trainer(cfg, tmp_path, choices)
+
+
+def test_an_unwritable_run_folder_is_refused(smoke_cfg, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    cfg, choices = smoke_cfg()
+    with pytest.raises(MetarunError, match="cannot be written"):
+        build_trainer(cfg, blocker / "run", choices)
