@@ -26,9 +26,10 @@ smoke: ## Run every experiment config for a few steps on synthetic data
 tb: ## Open TensorBoard on all runs under outputs/
 	tensorboard --logdir outputs
 
+L2L_PYTHON ?= /tmp/l2l/bin/python
+
 bench: ## Measure MAML and ProtoNet throughput against learn2learn (see benchmarks/README.md)
-	$(PYTHON) benchmarks/maml_throughput.py
-	$(PYTHON) benchmarks/protonet_throughput.py
+	$(PYTHON) benchmarks/compare.py --reference-python $(L2L_PYTHON) --omniglot $(SHARED_DATA)/omniglot
 
 clean: ## Remove run folders, caches and build files
 	rm -rf outputs multirun build dist *.egg-info .pytest_cache

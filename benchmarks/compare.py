@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated keys of WORKLOADS")
     parser.add_argument("--data", default="random,omniglot", help="random (tensors made once) and/or omniglot (end to end)")
     parser.add_argument("--malloc", default="default,tuned", help="allocator settings to compare, the same on both sides")
+    parser.add_argument("--repeats", type=int, default=1, help="alternate the two sides this often; report the medians")
     args = parser.parse_args()
 
     rows = ["| workload | data | malloc | metarun tasks/s | learn2learn tasks/s | ratio | metarun peak MB | learn2learn peak MB |",
@@ -52,14 +53,24 @@ def main() -> None:
         for data in args.data.split(","):
             for malloc in args.malloc.split(","):
                 full = worker_args + ["--data", data, "--omniglot", args.omniglot, "--malloc", malloc]
-                ours = run_worker(sys.executable, "metarun_worker.py", full)
-                ref = run_worker(args.reference_python, "learn2learn_worker.py", full) if args.reference_python else None
+                ours, ref = [], []
+                for _ in range(args.repeats):  # alternating, so a slow spell of the machine hits both sides
+                    ours.append(run_worker(sys.executable, "metarun_worker.py", full))
+                    if args.reference_python:
+                        ref.append(run_worker(args.reference_python, "learn2learn_worker.py", full))
+                ours, ref = _median(ours), _median(ref)
                 ratio = f"{ours['tasks_per_s'] / ref['tasks_per_s']:.2f}x" if ours and ref else "n/a"
                 cells = [label, data, malloc, _fmt(ours, "tasks_per_s"), _fmt(ref, "tasks_per_s"), ratio,
                          _fmt(ours, "peak_rss_mb", 0), _fmt(ref, "peak_rss_mb", 0)]
                 rows.append("| " + " | ".join(cells) + " |")
                 print(rows[-1], flush=True)
     print("\n" + "\n".join(rows))
+
+
+def _median(results: list[dict | None]) -> dict | None:
+    """The run with the median throughput (its own peak memory alongside)."""
+    done = sorted((r for r in results if r), key=lambda r: r["tasks_per_s"])
+    return done[len(done) // 2] if done else None
 
 
 def _fmt(result: dict | None, key: str, digits: int = 1) -> str:

@@ -40,3 +40,24 @@ def load(path: Path) -> dict:
     """Load onto the CPU: RNG states must live there, and load_state_dict moves weights to their device."""
     # weights_only=False: the payload holds RNG states (NumPy arrays, tuples) that we wrote ourselves.
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+# What may change between a run and its resumption: how long it trains and how it reports.
+RESUMABLE_CHANGES = ("trainer.steps", "trainer.resume", "trainer.progress", "trainer.log_every", "logger.", "malloc")
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """Dotted keys whose values differ between two resolved configs, beyond RESUMABLE_CHANGES."""
+    old, new = _flatten(saved), _flatten(current)
+    differing = sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
+    return [key for key in differing if not key.startswith(RESUMABLE_CHANGES)]
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

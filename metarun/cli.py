@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from metarun.allocator import tune_malloc
 from metarun.errors import MetarunError
+from metarun.interrupts import RunInterrupted
 
 log = logging.getLogger("metarun")
 
@@ -35,6 +36,9 @@ def main(cfg: DictConfig) -> float | None:
     except MetarunError as error:
         print(f"metarun: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except RunInterrupted as stopped:
+        print(f"metarun: {stopped}", file=sys.stderr)
+        sys.exit(stopped.exit_code)
     test = results["test"]
     log.info("test acc %.4f ± %.4f over %d episodes; results in %s", test["acc"], test["acc_ci95"], test["episodes"], runtime.output_dir)
     return lookup(results, cfg.get("optimized_metric"))

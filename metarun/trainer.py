@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tqdm import tqdm
@@ -14,6 +16,7 @@ from metarun import checkpoints
 from metarun.algorithms.base import Algorithm
 from metarun.episodes import EpisodeSampler, FixedEpisodes
 from metarun.errors import MetarunError
+from metarun.interrupts import RunInterrupted, StopRequests
 from metarun.loggers import NullLogger
 from metarun.results import summarize, write_json
 
@@ -33,6 +36,11 @@ class LoopSettings:
     progress: bool = True
     resume: bool = False
     overfit_batches: int = 0
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+
+    def __post_init__(self):
+        if self.on_nonfinite not in ("stop", "skip"):
+            raise MetarunError(f"trainer.on_nonfinite={self.on_nonfinite!r} is not known; use stop or skip")
 
 
 @dataclass
@@ -43,6 +51,7 @@ class Progress:
     best_val_acc: float = float("-inf")
     best_step: int = 0
     train_seconds: float = 0.0
+    skipped_steps: int = 0
 
 
 class Trainer:
@@ -72,6 +81,7 @@ class Trainer:
         self.metadata = metadata or {}
         self.hparams = hparams or {}
         self.progress = Progress()
+        self._postfix: dict[str, str] = {}  # the progress bar's live loss, accuracy and validation accuracy
 
     @property
     def device(self) -> torch.device:
@@ -84,48 +94,78 @@ class Trainer:
             self._restore(self.run_dir / "last.pt")
         self.logger.start(self.progress.step)
         try:
-            self._train()
+            with StopRequests() as stop:
+                self._train(stop)
             results = self._test(time.perf_counter() - started)
         finally:
             self.logger.close()
         return results
 
-    def _train(self) -> None:
+    def _train(self, stop: StopRequests) -> None:
         settings, progress = self.settings, self.progress
         bar = tqdm(total=settings.steps, initial=progress.step, disable=not settings.progress, desc="meta-train", dynamic_ncols=True)
         self.algorithm.train()
         segment_start = time.perf_counter()
         for step in range(progress.step + 1, settings.steps + 1):
-            metrics = self._train_step()
+            metrics = self._train_step(step)
             bar.update()
             if step % settings.log_every == 0 or step == settings.steps:
                 scalars = {f"train/{name}": float(values.mean()) for name, values in metrics.items()}
                 scalars["train/lr"] = self.optimizer.param_groups[0]["lr"]
                 self.logger.log_scalars(scalars, step)
-                bar.set_postfix(loss=f"{scalars['train/loss']:.3f}", acc=f"{scalars['train/acc']:.3f}")
+                self._postfix.update(loss=f"{scalars['train/loss']:.3f}", acc=f"{scalars['train/acc']:.3f}")
+                bar.set_postfix(self._postfix)
             if step % settings.eval_every == 0 or step == settings.steps:
                 progress.train_seconds += self._elapsed_since(segment_start)
                 progress.step = step
                 self._validate(step, bar)
                 segment_start = time.perf_counter()
+            elif stop.signal_name:
+                progress.train_seconds += self._elapsed_since(segment_start)
+                progress.step = step
+                checkpoints.save_atomic(self._state(), self.run_dir / "last.pt")
+            if stop.signal_name:
+                bar.close()
+                raise RunInterrupted(
+                    f"stopped at step {step} of {settings.steps} ({stop.signal_name}); last.pt is saved; continue with "
+                    f"the same command plus trainer.resume=true hydra.run.dir={self.run_dir}", stop.signal_name)
         bar.close()
 
-    def _train_step(self) -> dict[str, torch.Tensor]:
+    def _train_step(self, step: int) -> dict[str, torch.Tensor]:
         batch = self.sampler.sample(self.settings.meta_batch_size)
         output = self.algorithm.step(batch, train=True)
         self.optimizer.zero_grad(set_to_none=True)
         output.objective.backward()
+        # The norm is computed even without clipping, to catch a NaN or inf before it reaches the weights.
+        params = [p for p in self.algorithm.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         if self.settings.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.algorithm.parameters(), self.settings.grad_clip)
-        self.optimizer.step()
+            torch.nn.utils.clip_grads_with_norm_(params, self.settings.grad_clip, grad_norm)
+        loss = output.metrics["loss"].mean()
+        if torch.isfinite(loss) and torch.isfinite(grad_norm):
+            self.optimizer.step()
+        else:
+            self._non_finite(step, {"loss": float(loss), "meta-gradient norm": float(grad_norm)})
         if self.scheduler is not None:
             self.scheduler.step()
         return output.metrics
 
+    def _non_finite(self, step: int, quantities: dict[str, float]) -> None:
+        """Skip the update and count it, or stop the run keeping the last good checkpoint."""
+        bad = ", ".join(f"{name} = {value}" for name, value in quantities.items() if not math.isfinite(value))
+        if self.settings.on_nonfinite == "skip":
+            self.progress.skipped_steps += 1
+            self.logger.log_scalars({"train/skipped_steps": self.progress.skipped_steps}, step)
+            return
+        raise MetarunError(
+            f"non-finite {bad} at step {step}; the last good checkpoint is {self.run_dir / 'last.pt'} "
+            f"(step {self.progress.step}); lower the learning rate, or set trainer.on_nonfinite=skip")
+
     def _validate(self, step: int, bar: tqdm) -> None:
         summary = summarize(self.evaluate(self.val_episodes))
         self.logger.log_scalars({"val/acc": summary["acc"], "val/loss": summary["loss"]}, step)
-        bar.set_postfix(val_acc=f"{summary['acc']:.3f}")
+        self._postfix["val_acc"] = f"{summary['acc']:.3f}"
+        bar.set_postfix(self._postfix)
         if summary["acc"] > self.progress.best_val_acc:
             self.progress.best_val_acc, self.progress.best_step = summary["acc"], step
             checkpoints.save_atomic({"algorithm": self.algorithm.state_dict(), "step": step}, self.run_dir / "best.pt")
@@ -149,12 +189,12 @@ class Trainer:
         progress = self.progress
         tasks = progress.step * self.settings.meta_batch_size
         results = {
-            **self.metadata,
+            "test": test,
+            "val": {"best_acc": progress.best_val_acc, "best_step": progress.best_step},
+            "train": {"seconds": progress.train_seconds, "tasks_per_s": tasks / max(progress.train_seconds, 1e-9)},
             "steps": progress.step,
             "wall_s": wall_seconds,
-            "train": {"seconds": progress.train_seconds, "tasks_per_s": tasks / max(progress.train_seconds, 1e-9)},
-            "val": {"best_acc": progress.best_val_acc, "best_step": progress.best_step},
-            "test": test,
+            **self.metadata,
         }
         final = {"test/acc": test["acc"], "test/acc_ci95": test["acc_ci95"], "val/best_acc": progress.best_val_acc}
         self.logger.log_scalars({"test/acc": test["acc"], "test/loss": test["loss"]}, progress.step)
@@ -177,6 +217,10 @@ class Trainer:
         if not path.exists():
             raise MetarunError(f"trainer.resume=true but there is no checkpoint at {path}; point hydra.run.dir at the run folder to resume")
         state = checkpoints.load(path)
+        differing = checkpoints.config_differences(state["metadata"].get("config", {}), self.metadata.get("config", {}))
+        if differing:
+            raise MetarunError(f"cannot resume {path}: the config differs in {', '.join(differing)}; "
+                               "only the step count and logging may change")
         self.algorithm.load_state_dict(state["algorithm"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:

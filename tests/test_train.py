@@ -69,11 +69,11 @@ def test_a_run_stopped_half_way_and_resumed_ends_with_the_same_results(smoke_cfg
     original_step = Trainer._train_step
     calls = {"n": 0}
 
-    def crash_at_step_5(self):
+    def crash_at_step_5(self, step):
         calls["n"] += 1
         if calls["n"] == 5:
             raise KeyboardInterrupt
-        return original_step(self)
+        return original_step(self, step)
 
     monkeypatch.setattr(Trainer, "_train_step", crash_at_step_5)
     with pytest.raises(KeyboardInterrupt):
@@ -90,7 +90,7 @@ def test_overfitting_one_meta_batch_drives_the_training_loss_down(tmp_path):
 
     cfg, choices = compose_run(["debug=overfit", "logger=none", "algo=protonet", "trainer.steps=40", "trainer.progress=false"])
     trainer = build_trainer(cfg, tmp_path, choices)
-    losses = [float(trainer._train_step()["loss"].mean()) for _ in range(40)]
+    losses = [float(trainer._train_step(step)["loss"].mean()) for step in range(1, 41)]
     assert losses[-1] < 0.2 * losses[0]
 
 
@@ -113,7 +113,7 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("overrides,message", BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
 def test_bad_input_fails_before_training_with_one_line(smoke_cfg, tmp_path, monkeypatch, overrides, message):
-    monkeypatch.setattr(Trainer, "_train_step", lambda self: pytest.fail("training started"))
+    monkeypatch.setattr(Trainer, "_train_step", lambda self, step: pytest.fail("training started"))
     cfg, choices = smoke_cfg(*overrides)
     with pytest.raises(MetarunError, match=message) as error:
         train(cfg, tmp_path, choices)
@@ -144,3 +144,87 @@ def test_an_unwritable_run_folder_is_refused(smoke_cfg, tmp_path):
     cfg, choices = smoke_cfg()
     with pytest.raises(MetarunError, match="cannot be written"):
         build_trainer(cfg, blocker / "run", choices)
+
+
+def test_a_nan_loss_stops_the_run_naming_the_step_and_keeping_the_last_good_checkpoint(smoke_cfg, tmp_path, monkeypatch):
+    cfg, choices = smoke_cfg("trainer.steps=6", "trainer.eval_every=2")
+    trainer = build_trainer(cfg, tmp_path, choices)
+    poison_at_step_3(trainer, monkeypatch)
+    with pytest.raises(MetarunError, match=r"non-finite loss = nan, meta-gradient norm = nan at step 3; the last good checkpoint is .*last.pt \(step 2\)"):
+        trainer.fit()
+    assert (tmp_path / "last.pt").exists() and not (tmp_path / "results.json").exists()
+
+
+def test_on_nonfinite_skip_skips_the_update_counts_it_and_finishes(smoke_cfg, tmp_path, monkeypatch):
+    cfg, choices = smoke_cfg("trainer.steps=6", "trainer.eval_every=2", "trainer.on_nonfinite=skip")
+    trainer = build_trainer(cfg, tmp_path, choices)
+    poison_at_step_3(trainer, monkeypatch)
+    trainer.fit()
+    assert trainer.progress.skipped_steps == 1
+    assert all(p.isfinite().all() for p in trainer.algorithm.parameters())
+
+
+def poison_at_step_3(trainer, monkeypatch):
+    """Make the third meta-batch's images NaN, so its loss and meta-gradient are NaN."""
+    sample = trainer.sampler.sample
+    calls = {"n": 0}
+
+    def poisoned(tasks):
+        batch = sample(tasks)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            batch.query_x = batch.query_x * float("nan")
+        return batch
+
+    monkeypatch.setattr(trainer.sampler, "sample", poisoned)
+
+
+def test_sigterm_saves_a_checkpoint_at_the_next_step_and_the_resumed_run_ends_identically(smoke_cfg, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from metarun.interrupts import RunInterrupted
+
+    overrides = ("trainer.steps=6", "trainer.eval_every=4")
+    cfg, choices = smoke_cfg(*overrides)
+    straight = train(cfg, tmp_path / "straight", choices)
+    original_step = Trainer._train_step
+
+    def terminate_during_step_3(self, step):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original_step(self, step)
+
+    monkeypatch.setattr(Trainer, "_train_step", terminate_during_step_3)
+    with pytest.raises(RunInterrupted, match="stopped at step 3 of 6 \\(SIGTERM\\)") as stopped:
+        train(cfg, tmp_path / "stopped", choices)
+    assert stopped.value.exit_code == 0
+    monkeypatch.setattr(Trainer, "_train_step", original_step)
+    resumed = train(*smoke_cfg(*overrides, "trainer.resume=true")[:1], tmp_path / "stopped", choices)
+    assert resumed["test"] == straight["test"] and resumed["val"] == straight["val"]
+
+
+def test_resuming_with_a_different_config_is_refused_naming_the_keys(smoke_cfg, tmp_path):
+    cfg, choices = smoke_cfg()
+    train(cfg, tmp_path, choices)
+    changed, choices = smoke_cfg("trainer.resume=true", "algo=fomaml", "optim.lr=0.01")
+    with pytest.raises(MetarunError, match="config differs in algo.first_order, optim.lr; only the step count"):
+        train(changed, tmp_path, choices)
+
+
+def test_resuming_a_different_algorithm_is_refused(smoke_cfg, tmp_path):
+    cfg, choices = smoke_cfg()
+    train(cfg, tmp_path, choices)
+    changed, choices = smoke_cfg("trainer.resume=true", "algo=protonet")
+    with pytest.raises(MetarunError, match="config differs in algo._target_"):
+        train(changed, tmp_path, choices)
+
+
+def test_grad_clip_bounds_the_meta_gradient_norm(smoke_cfg, tmp_path):
+    import torch
+
+    cfg, choices = smoke_cfg("trainer.grad_clip=0.01")
+    trainer = build_trainer(cfg, tmp_path, choices)
+    trainer._train_step(1)
+    grads = [p.grad for p in trainer.algorithm.parameters() if p.grad is not None]
+    assert float(torch.nn.utils.get_total_norm(grads)) <= 0.01 + 1e-6

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Literal
 
 import torch
@@ -11,6 +12,7 @@ from torch.func import functional_call, grad, vmap
 
 from metarun.algorithms.base import Algorithm, StepOutput, accuracy, gradient_surrogate
 from metarun.episodes import EpisodeBatch
+from metarun.errors import MetarunError
 from metarun.models import use_batch_statistics
 
 TaskBatching = Literal["loop", "vmap"]
@@ -39,6 +41,8 @@ class MAML(Algorithm):
         task_batching: TaskBatching = "loop",
     ):
         super().__init__()
+        if task_batching not in ("loop", "vmap"):
+            raise MetarunError(f"algo.task_batching={task_batching!r} is not known; use loop, vmap or auto")
         self.net = nn.Sequential(backbone, nn.Linear(backbone.out_features, ways))
         # Batch statistics per task, in training and evaluation, as the MAML protocol does;
         # running statistics would mix tasks and break the inner loop's functional calls.
@@ -59,7 +63,7 @@ class MAML(Algorithm):
 
     def step(self, batch: EpisodeBatch, train: bool) -> StepOutput:
         steps = self.inner_steps if train else self.eval_inner_steps
-        task = lambda sx, sy, qx, qy: self.task_loss(sx, sy, qx, qy, steps)  # noqa: E731
+        task = partial(self.task_loss, steps=steps)
         if self.task_batching == "vmap":
             loss, acc = vmap(task, randomness="different")(batch.support_x, batch.support_y, batch.query_x, batch.query_y)
             return StepOutput(loss.mean(), {"loss": loss.detach(), "acc": acc})

@@ -160,15 +160,15 @@ def _download(root: Path) -> None:
     """Fetch the official zips with torchvision; without internet, fail fast with the fixes."""
     import socket
 
+    from torchvision.datasets import Omniglot
     from torchvision.datasets.utils import download_url
 
-    base = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python"
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(10)
     try:
         for part in PARTS:
             if not (root / f"{part}.zip").exists() and not (root / part).exists():
-                download_url(f"{base}/{part}.zip", str(root))
+                download_url(f"{Omniglot.download_url_prefix}/{part}.zip", str(root))
     except Exception as error:  # any network failure becomes the same actionable line
         raise MetarunError(
             f"could not download Omniglot into {root} ({type(error).__name__}: {error}); "
