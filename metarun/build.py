@@ -29,7 +29,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> Tr
     check_settings(cfg)
     device = resolve_device(cfg.device)
     train_spec, eval_spec = episode_specs(cfg.episode)
-    settings = LoopSettings(**cfg.trainer)
+    settings = loop_settings(cfg.trainer)
     seed_everything(cfg.seed)
     splits: DataSplits = make(cfg, "data")
     check_splits(splits, train_spec, eval_spec, choices.get("data", "the data set"))
@@ -43,8 +43,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> Tr
         optimizer=optimizer,
         scheduler=scheduler,
         sampler=EpisodeSampler(splits.train, train_spec, cfg.seed, repeat_every=settings.overfit_batches),
-        val_episodes=FixedEpisodes(splits.val, eval_spec, settings.val_episodes, cfg.seed, "val"),
-        test_episodes=FixedEpisodes(splits.test, eval_spec, settings.test_episodes, cfg.seed, "test"),
+        val_episodes=FixedEpisodes(splits.val, eval_spec, settings.val_episodes, cfg.eval_seed, "val"),
+        test_episodes=FixedEpisodes(splits.test, eval_spec, settings.test_episodes, cfg.eval_seed, "test"),
         settings=settings,
         run_dir=run_dir,
         logger=make(cfg, "logger", log_dir=run_dir / "tb"),
@@ -78,6 +78,13 @@ def make(cfg: DictConfig, key: str, **kwargs):
             raise cause from None
         detail = str(cause or error).splitlines()[-1] if str(cause or error) else type(cause).__name__
         raise MetarunError(f"could not build {key} ({cfg[key].get('_target_')}): {detail}") from None
+
+
+def loop_settings(trainer: DictConfig) -> LoopSettings:
+    try:
+        return LoopSettings(**trainer)
+    except TypeError as error:  # a key the loop does not know, added with +trainer.<key>
+        raise MetarunError(f"trainer: {error}".replace("LoopSettings.__init__() ", "")) from None
 
 
 def episode_specs(episode: DictConfig) -> tuple[EpisodeSpec, EpisodeSpec]:
@@ -166,6 +173,7 @@ def run_metadata(cfg: DictConfig, choices: dict[str, str], device: torch.device)
         "queries": cfg.episode.queries,
         "train_ways": cfg.episode.train_ways,
         "seed": cfg.seed,
+        "eval_seed": cfg.eval_seed,
         "device": str(device),
         "versions": {
             "metarun": metarun.__version__,

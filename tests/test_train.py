@@ -56,9 +56,16 @@ def test_same_config_and_seed_give_the_same_results(smoke_cfg, tmp_path):
     assert first["test"] == second["test"] and first["val"] == second["val"]
 
 
-def test_all_algorithms_are_tested_on_the_same_fixed_episodes(smoke_cfg, tmp_path):
-    trainers = [build_trainer(*smoke_cfg(f"algo={algo}")[:1], tmp_path / algo, smoke_cfg(f"algo={algo}")[1]) for algo in ("maml", "protonet")]
-    assert (trainers[0].test_episodes.indices == trainers[1].test_episodes.indices).all()
+def test_every_algorithm_and_training_seed_is_tested_on_the_same_fixed_episodes(smoke_cfg, tmp_path):
+    def built(*overrides):
+        cfg, choices = smoke_cfg(*overrides)
+        return build_trainer(cfg, tmp_path / "_".join(overrides), choices)
+
+    trainers = [built("algo=maml", "seed=0"), built("algo=protonet", "seed=0"), built("algo=maml", "seed=7")]
+    for trainer in trainers[1:]:
+        assert (trainer.test_episodes.indices == trainers[0].test_episodes.indices).all()
+        assert (trainer.val_episodes.indices == trainers[0].val_episodes.indices).all()
+    assert not (built("eval_seed=1").test_episodes.indices == trainers[0].test_episodes.indices).all()
 
 
 def test_a_run_stopped_half_way_and_resumed_ends_with_the_same_results(smoke_cfg, tmp_path, monkeypatch):
@@ -108,6 +115,8 @@ BAD_INPUTS = [
     (["episode.train_ways=10"], "has a head of episode.ways=5 outputs, so episode.train_ways=10 must equal it"),
     (["device=tpu"], "device='tpu' is not known"),
     (["trainer.resume=true"], "trainer.resume=true but there is no checkpoint at"),
+    (["+trainer.patience=3"], "trainer: got an unexpected keyword argument 'patience'"),
+    (["trainer.on_nonfinite=ignore"], "trainer.on_nonfinite='ignore' is not known"),
 ]
 
 
