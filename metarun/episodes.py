@@ -52,13 +52,6 @@ class EpisodeBatch:
     def ways(self) -> int:
         return self.classes.shape[1]
 
-    def task(self, t: int) -> EpisodeBatch:
-        """Episode t alone, keeping the task dimension: T = 1."""
-        return EpisodeBatch(*(field[t : t + 1] for field in self._fields()))
-
-    def _fields(self) -> tuple[Tensor, ...]:
-        return (self.support_x, self.support_y, self.query_x, self.query_y, self.classes)
-
 
 def derive_seed(seed: int, purpose: str) -> int:
     """An independent seed per purpose ("train", "val", "test"), stable across runs and platforms."""

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import torch
 from hydra.utils import instantiate
 
 from metarun.algorithms import Algorithm
 from metarun.build import build_algorithm, episode_specs
 from metarun.cli import config_dir
 from metarun.data import DataSplits
-from pathlib import Path
-
 from tests.conftest import SMOKE, compose_run
 
 CONFIGS = Path(config_dir())
@@ -37,7 +38,7 @@ def test_defaults_are_maml_conv4_omniglot_5way_1shot_adam():
 def test_every_algorithm_instantiates_and_steps(algo):
     cfg, choices = compose_run(SMOKE + [f"algo={algo}"])
     splits: DataSplits = instantiate(cfg.data)
-    algorithm = build_algorithm(cfg, splits, __import__("torch").device("cpu"), choices)
+    algorithm = build_algorithm(cfg, splits, torch.device("cpu"), choices)
     assert isinstance(algorithm, Algorithm)
 
 
@@ -54,8 +55,6 @@ def test_every_option_of_the_object_groups_instantiates(group, tmp_path):
     for option in options(group):
         cfg, _ = compose_run(SMOKE + [f"{group}={option}"])
         if group == "optim":
-            import torch
-
             assert isinstance(instantiate(cfg.optim)([torch.nn.Parameter(torch.zeros(1))]), torch.optim.Optimizer)
         elif group == "logger":
             instantiate(cfg.logger, log_dir=tmp_path).close()
