@@ -118,7 +118,8 @@ class Trainer:
             if step % settings.eval_every == 0 or step == settings.steps:
                 progress.train_seconds += self._elapsed_since(segment_start)
                 progress.step = step
-                self._validate(step, bar)
+                self._validate(step)
+                bar.set_postfix(self._postfix)
                 segment_start = time.perf_counter()
             elif stop.signal_name:
                 progress.train_seconds += self._elapsed_since(segment_start)
@@ -161,11 +162,10 @@ class Trainer:
             f"non-finite {bad} at step {step}; the last good checkpoint is {self.run_dir / 'last.pt'} "
             f"(step {self.progress.step}); lower the learning rate, or set trainer.on_nonfinite=skip")
 
-    def _validate(self, step: int, bar: tqdm) -> None:
+    def _validate(self, step: int) -> None:
         summary = summarize(self.evaluate(self.val_episodes))
         self.logger.log_scalars({"val/acc": summary["acc"], "val/loss": summary["loss"]}, step)
         self._postfix["val_acc"] = f"{summary['acc']:.3f}"
-        bar.set_postfix(self._postfix)
         if summary["acc"] > self.progress.best_val_acc:
             self.progress.best_val_acc, self.progress.best_step = summary["acc"], step
             checkpoints.save_atomic({"algorithm": self.algorithm.state_dict(), "step": step}, self.run_dir / "best.pt")
@@ -183,6 +183,8 @@ class Trainer:
         return {name: torch.cat(values).cpu() for name, values in per_episode.items()}
 
     def _test(self, wall_seconds: float) -> dict:
+        if not (self.run_dir / "best.pt").exists():  # resumed to a step count it had already reached
+            self._validate(self.progress.step)
         best = checkpoints.load(self.run_dir / "best.pt")
         self.algorithm.load_state_dict(best["algorithm"])
         test = summarize(self.evaluate(self.test_episodes))

@@ -237,3 +237,25 @@ def test_grad_clip_bounds_the_meta_gradient_norm(smoke_cfg, tmp_path):
     trainer._train_step(1)
     grads = [p.grad for p in trainer.algorithm.parameters() if p.grad is not None]
     assert float(torch.nn.utils.get_total_norm(grads)) <= 0.01 + 1e-6
+
+
+def test_a_run_stopped_before_its_first_validation_can_be_finished_at_that_step(smoke_cfg, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from metarun.interrupts import RunInterrupted
+
+    original_step = Trainer._train_step
+
+    def terminate_during_step_1(self, step):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original_step(self, step)
+
+    monkeypatch.setattr(Trainer, "_train_step", terminate_during_step_1)
+    cfg, choices = smoke_cfg()
+    with pytest.raises(RunInterrupted):
+        train(cfg, tmp_path, choices)
+    monkeypatch.setattr(Trainer, "_train_step", original_step)
+    finished = train(smoke_cfg("trainer.resume=true", "trainer.steps=1")[0], tmp_path, choices)
+    assert finished["steps"] == 1 and finished["val"]["best_step"] == 1
