@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
 
 from metarun.build import build_trainer, train
 from metarun.errors import MetarunError
+from metarun.interrupts import RunInterrupted
 from metarun.trainer import Trainer
 
 
@@ -188,27 +191,27 @@ def poison_at_step_3(trainer, monkeypatch):
     monkeypatch.setattr(trainer.sampler, "sample", poisoned)
 
 
-def test_sigterm_saves_a_checkpoint_at_the_next_step_and_the_resumed_run_ends_identically(smoke_cfg, tmp_path, monkeypatch):
-    import os
-    import signal
-
-    from metarun.interrupts import RunInterrupted
-
-    overrides = ("trainer.steps=6", "trainer.eval_every=4")
-    cfg, choices = smoke_cfg(*overrides)
-    straight = train(cfg, tmp_path / "straight", choices)
+def sigterm_during_step(monkeypatch, n: int) -> None:
+    """Send this process SIGTERM while the trainer runs step n, as a cluster preempting the job would."""
     original_step = Trainer._train_step
 
-    def terminate_during_step_3(self, step):
-        if step == 3:
+    def step(self, step):
+        if step == n:
             os.kill(os.getpid(), signal.SIGTERM)
         return original_step(self, step)
 
-    monkeypatch.setattr(Trainer, "_train_step", terminate_during_step_3)
-    with pytest.raises(RunInterrupted, match="stopped at step 3 of 6 \\(SIGTERM\\)") as stopped:
-        train(cfg, tmp_path / "stopped", choices)
+    monkeypatch.setattr(Trainer, "_train_step", step)
+
+
+def test_sigterm_saves_a_checkpoint_at_the_next_step_and_the_resumed_run_ends_identically(smoke_cfg, tmp_path, monkeypatch):
+    overrides = ("trainer.steps=6", "trainer.eval_every=4")
+    cfg, choices = smoke_cfg(*overrides)
+    straight = train(cfg, tmp_path / "straight", choices)
+    with monkeypatch.context() as patch:
+        sigterm_during_step(patch, 3)
+        with pytest.raises(RunInterrupted, match="stopped at step 3 of 6 \\(SIGTERM\\)") as stopped:
+            train(cfg, tmp_path / "stopped", choices)
     assert stopped.value.exit_code == 0
-    monkeypatch.setattr(Trainer, "_train_step", original_step)
     resumed = train(*smoke_cfg(*overrides, "trainer.resume=true")[:1], tmp_path / "stopped", choices)
     assert resumed["test"] == straight["test"] and resumed["val"] == straight["val"]
 
@@ -240,22 +243,10 @@ def test_grad_clip_bounds_the_meta_gradient_norm(smoke_cfg, tmp_path):
 
 
 def test_a_run_stopped_before_its_first_validation_can_be_finished_at_that_step(smoke_cfg, tmp_path, monkeypatch):
-    import os
-    import signal
-
-    from metarun.interrupts import RunInterrupted
-
-    original_step = Trainer._train_step
-
-    def terminate_during_step_1(self, step):
-        if step == 1:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original_step(self, step)
-
-    monkeypatch.setattr(Trainer, "_train_step", terminate_during_step_1)
     cfg, choices = smoke_cfg()
-    with pytest.raises(RunInterrupted):
-        train(cfg, tmp_path, choices)
-    monkeypatch.setattr(Trainer, "_train_step", original_step)
+    with monkeypatch.context() as patch:
+        sigterm_during_step(patch, 1)
+        with pytest.raises(RunInterrupted):
+            train(cfg, tmp_path, choices)
     finished = train(smoke_cfg("trainer.resume=true", "trainer.steps=1")[0], tmp_path, choices)
     assert finished["steps"] == 1 and finished["val"]["best_step"] == 1
