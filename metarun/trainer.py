@@ -115,16 +115,16 @@ class Trainer:
                 self.logger.log_scalars(scalars, step)
                 self._postfix.update(loss=f"{scalars['train/loss']:.3f}", acc=f"{scalars['train/acc']:.3f}")
                 bar.set_postfix(self._postfix)
-            if step % settings.eval_every == 0 or step == settings.steps:
+            validate = step % settings.eval_every == 0 or step == settings.steps
+            if validate or stop.signal_name:  # both end a timed segment and leave last.pt
                 progress.train_seconds += self._elapsed_since(segment_start)
                 progress.step = step
-                self._validate(step)
-                bar.set_postfix(self._postfix)
+                if validate:
+                    self._validate(step)
+                    bar.set_postfix(self._postfix)
+                else:
+                    checkpoints.save_atomic(self._state(), self.run_dir / "last.pt")
                 segment_start = time.perf_counter()
-            elif stop.signal_name:
-                progress.train_seconds += self._elapsed_since(segment_start)
-                progress.step = step
-                checkpoints.save_atomic(self._state(), self.run_dir / "last.pt")
             if stop.signal_name:
                 bar.close()
                 raise RunInterrupted(
