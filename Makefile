@@ -21,7 +21,8 @@ test-full: ## Run every test, the slow real-data ones included
 	METARUN_SHARED_DATA=$(SHARED_DATA) $(PYTHON) -m pytest -m "slow or not slow"
 
 smoke: ## Run every experiment config for a few steps on synthetic data
-	metarun -m 'experiment=glob(*)' debug=smoke logger=none
+	metarun -m 'experiment=glob(*,exclude=*sinusoid*)' debug=smoke logger=none
+	metarun -m 'experiment=glob(*sinusoid*)' debug=smoke data=sinusoid logger=none
 
 tb: ## Open TensorBoard on all runs under outputs/
 	tensorboard --logdir outputs

@@ -19,7 +19,7 @@ from metarun.allocator import tune_malloc  # noqa: E402  (ctypes only: safe in t
 def worker_arguments() -> argparse.Namespace:
     """The workload a worker runs, as both sides read it."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--method", choices=["maml", "protonet"], required=True)
+    parser.add_argument("--method", choices=["maml", "protonet", "metasgd", "mamlpp", "reptile"], required=True)
     parser.add_argument("--data", choices=["random", "omniglot"], required=True)
     parser.add_argument("--omniglot", help="folder holding images_background.zip and images_evaluation.zip")
     parser.add_argument("--pooling", choices=["max", "stride"], default="max")

@@ -48,15 +48,16 @@ def build_trainer(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> Tr
         settings=settings,
         run_dir=run_dir,
         logger=make(cfg, "logger", log_dir=run_dir / "tb"),
-        metadata=run_metadata(cfg, choices, device),
+        monitor=(splits.task.monitor, splits.task.higher_is_better),
+        figures=splits.test.figures(eval_spec, cfg.eval_seed),
+        metadata=run_metadata(cfg, choices, device, splits.task.name),
         hparams=run_hparams(cfg, choices),
     )
 
 
 def build_algorithm(cfg: DictConfig, splits: DataSplits, device: torch.device, choices: dict[str, str]):
-    channels, size, _ = splits.train.image_shape
-    backbone = make(cfg, "backbone", in_channels=channels, image_size=size)
-    extra = {}
+    backbone = make(cfg, "backbone", input_shape=splits.train.input_shape)
+    extra = {"task": splits.task}
     if cfg.algo.get("ways") is not None and cfg.episode.train_ways != cfg.episode.ways:
         raise MetarunError(
             f"algo={choices.get('algo')} has a head of episode.ways={cfg.episode.ways} outputs, "
@@ -96,8 +97,8 @@ def episode_specs(episode: DictConfig) -> tuple[EpisodeSpec, EpisodeSpec]:
 def check_settings(cfg: DictConfig) -> None:
     """Reject values no run can use, naming the key, the value and what is allowed."""
     rules = [
-        ("episode.ways", 2, "at least 2"),
-        ("episode.train_ways", 2, "at least 2"),
+        ("episode.ways", 1, "at least 1"),  # classification asks for 2 (ImageSplit.check)
+        ("episode.train_ways", 1, "at least 1"),
         ("episode.shots", 1, "at least 1"),
         ("episode.queries", 1, "at least 1"),
         ("episode.train_queries", 1, "at least 1"),
@@ -121,19 +122,12 @@ def check_settings(cfg: DictConfig) -> None:
 
 
 def check_splits(splits: DataSplits, train_spec: EpisodeSpec, eval_spec: EpisodeSpec, data_name: str) -> None:
-    """Episodes must fit the splits: enough classes for the ways, enough images for shots + queries."""
-    for split_name, split in splits.items():
+    """Episodes must fit the splits (for images: enough classes and images per class)."""
+    # Evaluation first: train_ways and train_queries follow ways and queries unless set, so an
+    # error then names the key the user typed.
+    for split_name, split in sorted(splits.items(), key=lambda item: item[0] == "train"):
         spec, prefix = (train_spec, "train_") if split_name == "train" else (eval_spec, "")
-        if spec.ways > split.num_classes:
-            raise MetarunError(
-                f"episode.{prefix}ways={spec.ways} is more than the {split.num_classes} classes "
-                f"of the {split_name} split of {data_name}"
-            )
-        if spec.images_per_class > split.min_images_per_class:
-            raise MetarunError(
-                f"episode.shots + episode.{prefix}queries = {spec.shots} + {spec.queries} is more than the "
-                f"{split.min_images_per_class} images per class in the {split_name} split of {data_name}"
-            )
+        split.check(spec, split_name, data_name, prefix)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -162,11 +156,12 @@ def prepare_run_dir(run_dir: Path) -> None:
         raise MetarunError(f"the run folder {run_dir} cannot be written ({error.strerror}); choose another with hydra.run.dir=...") from None
 
 
-def run_metadata(cfg: DictConfig, choices: dict[str, str], device: torch.device) -> dict:
+def run_metadata(cfg: DictConfig, choices: dict[str, str], device: torch.device, task: str) -> dict:
     """What results.json says about the run besides its numbers."""
     return {
         "algorithm": choices.get("algo"),
         "data": choices.get("data"),
+        "task": task,
         "backbone": choices.get("backbone"),
         "ways": cfg.episode.ways,
         "shots": cfg.episode.shots,

@@ -39,15 +39,13 @@ def main(cfg: DictConfig) -> float | None:
     except RunInterrupted as stopped:
         print(f"metarun: {stopped}", file=sys.stderr)
         sys.exit(stopped.exit_code)
-    test = results["test"]
-    log.info("test acc %.4f ± %.4f over %d episodes; results in %s", test["acc"], test["acc_ci95"], test["episodes"], runtime.output_dir)
-    return lookup(results, cfg.get("optimized_metric"))
+    test, metric = results["test"], results["metric"]
+    log.info("test %s %.4f ± %.4f over %d episodes; results in %s", metric, test[metric], test[f"{metric}_ci95"], test["episodes"], runtime.output_dir)
+    return lookup(results, cfg.get("optimized_metric") or f"val/best_{metric}")
 
 
-def lookup(results: dict, metric: str | None) -> float | None:
+def lookup(results: dict, metric: str) -> float:
     """results["val"]["best_acc"] for metric "val/best_acc"."""
-    if not metric:
-        return None
     value = results
     for part in metric.split("/"):
         value = value[part]

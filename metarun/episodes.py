@@ -1,19 +1,20 @@
 """Episodes: the EpisodeBatch contract, the seeded training sampler and the fixed evaluation sets.
 
-Support/query splitting happens here and nowhere else. An episode is an index gather from the
-split's image tensor on the training device; no per-image Python runs in the loop.
+A data split is an EpisodeSource: it draws episodes as small CPU tensors (image indices, or a
+curve's parameters) and turns drawn episodes into an EpisodeBatch on the training device. The
+sampler and the fixed sets own the random generators, so any source is seeded and resumable.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Protocol
 
 import torch
 from torch import Tensor
 
-from metarun.data.split import ImageSplit
+from metarun.tasks import Task
 
 
 @dataclass(frozen=True)
@@ -31,18 +32,22 @@ class EpisodeSpec:
 
 @dataclass
 class EpisodeBatch:
-    """A meta-batch of T episodes; labels are episode-local class indices 0..N-1.
+    """A meta-batch of T episodes.
 
-    support_x: [T, N*K, C, H, W]   support_y: [T, N*K]
-    query_x:   [T, N*Q, C, H, W]   query_y:   [T, N*Q]
-    classes:   [T, N] the split's class ids behind labels 0..N-1
+    Classification: labels are episode-local class indices 0..N-1.
+      support_x: [T, N*K, C, H, W]   support_y: [T, N*K]
+      query_x:   [T, N*Q, C, H, W]   query_y:   [T, N*Q]
+      classes:   [T, N] the split's class ids behind labels 0..N-1
+    Regression: K support and Q query points per task, targets as vectors.
+      support_x: [T, K, *input_shape]   support_y: [T, K, D]   (query_x, query_y alike)
+      classes:   None
     """
 
     support_x: Tensor
     support_y: Tensor
     query_x: Tensor
     query_y: Tensor
-    classes: Tensor
+    classes: Tensor | None = None
 
     @property
     def tasks(self) -> int:
@@ -53,46 +58,43 @@ class EpisodeBatch:
         return self.classes.shape[1]
 
 
+Draws = tuple[Tensor, ...]  # drawn episodes: CPU tensors whose first dim is the episode
+
+
+class EpisodeSource(Protocol):
+    """One split of a data set, as the sampler and the fixed evaluation sets see it."""
+
+    task: Task
+    input_shape: tuple[int, ...]
+
+    def draw(self, spec: EpisodeSpec, episodes: int, generator: torch.Generator) -> Draws:
+        """Choose `episodes` episodes with `generator` (and no other randomness)."""
+
+    def batch(self, draws: Draws, spec: EpisodeSpec) -> EpisodeBatch:
+        """Build the episodes `draws` describes on the source's device."""
+
+    def check(self, spec: EpisodeSpec, split_name: str, data_name: str, key_prefix: str) -> None:
+        """Raise MetarunError if no episode of `spec` can be drawn from this split."""
+
+    def figures(self, spec: EpisodeSpec, seed: int) -> list:
+        """Pictures to draw of a finished run (callables taking the algorithm), if any."""
+
+    def to(self, device: torch.device | str) -> EpisodeSource:
+        ...
+
+
 def derive_seed(seed: int, purpose: str) -> int:
     """An independent seed per purpose ("train", "val", "test"), stable across runs and platforms."""
     digest = hashlib.sha256(f"{seed}:{purpose}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def draw_indices(split: ImageSplit, spec: EpisodeSpec, tasks: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Choose classes and images for `tasks` episodes on the CPU generator.
-
-    Returns image indices [T, N, K+Q] into split.images and class ids [T, N].
-    """
-    counts = split.counts  # [C]
-    classes = torch.rand(tasks, split.num_classes, generator=generator).argsort(dim=1)[:, : spec.ways]  # [T, N]
-    class_counts = counts[classes]  # [T, N]
-    # A random key per image slot; slots past a class's count sort last, so the first K+Q
-    # positions are a uniform draw without replacement from each class's own images.
-    keys = torch.rand(tasks, spec.ways, int(class_counts.max()), generator=generator)
-    keys.masked_fill_(torch.arange(keys.shape[-1]) >= class_counts[..., None], 2.0)
-    positions = keys.argsort(dim=-1)[..., : spec.images_per_class]  # [T, N, K+Q]
-    return split.offsets[classes][..., None] + positions, classes
-
-
-def gather_batch(split: ImageSplit, indices: Tensor, classes: Tensor, shots: int) -> EpisodeBatch:
-    """Turn drawn indices [T, N, K+Q] into an EpisodeBatch on the split's device."""
-    tasks, ways, per_class = indices.shape
-    indices = indices.to(split.device, non_blocking=True)
-    support_x = split.gather(indices[:, :, :shots]).flatten(1, 2)  # [T, N*K, C, H, W]
-    query_x = split.gather(indices[:, :, shots:]).flatten(1, 2)  # [T, N*Q, C, H, W]
-    labels = torch.arange(ways, device=split.device).view(1, ways, 1)
-    support_y = labels.expand(tasks, ways, shots).flatten(1)  # [T, N*K]
-    query_y = labels.expand(tasks, ways, per_class - shots).flatten(1)  # [T, N*Q]
-    return EpisodeBatch(support_x, support_y, query_x, query_y, classes.to(split.device))
-
-
 class EpisodeSampler:
     """Draws meta-batches of training episodes from one split; seeded and resumable."""
 
-    def __init__(self, split: ImageSplit, spec: EpisodeSpec, seed: int, repeat_every: int = 0):
+    def __init__(self, source: EpisodeSource, spec: EpisodeSpec, seed: int, repeat_every: int = 0):
         """repeat_every > 0 cycles through the same `repeat_every` meta-batches (debug=overfit)."""
-        self.split = split
+        self.source = source
         self.spec = spec
         self.generator = torch.Generator().manual_seed(derive_seed(seed, "train"))
         self.repeat_every = repeat_every
@@ -103,8 +105,7 @@ class EpisodeSampler:
         if self.repeat_every and self.drawn % self.repeat_every == 0:
             self.generator.set_state(self.initial_state)
         self.drawn += 1
-        indices, classes = draw_indices(self.split, self.spec, tasks, self.generator)
-        return gather_batch(self.split, indices, classes, self.spec.shots)
+        return self.source.batch(self.source.draw(self.spec, tasks, self.generator), self.spec)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "drawn": self.drawn}
@@ -121,16 +122,16 @@ class FixedEpisodes:
     algorithm run with the same seed is evaluated on the very same episodes.
     """
 
-    def __init__(self, split: ImageSplit, spec: EpisodeSpec, count: int, seed: int, purpose: str):
-        self.split = split
+    def __init__(self, source: EpisodeSource, spec: EpisodeSpec, count: int, seed: int, purpose: str):
+        self.source = source
         self.spec = spec
         generator = torch.Generator().manual_seed(derive_seed(seed, purpose))
-        self.indices, self.classes = draw_indices(split, spec, count, generator)  # [E, N, K+Q], [E, N]
+        self.draws = source.draw(spec, count, generator)
 
     def __len__(self) -> int:
-        return self.indices.shape[0]
+        return self.draws[0].shape[0]
 
     def batches(self, tasks_per_batch: int) -> Iterator[EpisodeBatch]:
         for start in range(0, len(self), tasks_per_batch):
-            stop = start + tasks_per_batch
-            yield gather_batch(self.split, self.indices[start:stop], self.classes[start:stop], self.spec.shots)
+            draws = tuple(drawn[start : start + tasks_per_batch] for drawn in self.draws)
+            yield self.source.batch(draws, self.spec)

@@ -20,12 +20,15 @@ class NullLogger:
     def log_hparams(self, hparams: dict, metrics: dict[str, float]) -> None:
         pass
 
+    def log_figure(self, tag: str, figure, step: int) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
 
 class TensorBoardLogger(NullLogger):
-    """Scalars `train/*`, `val/*`, `test/*` against the step, and one HParams entry per run."""
+    """Scalars `train/*`, `val/*`, `test/*` against the step, figures, and one HParams entry per run."""
 
     def __init__(self, log_dir: str | Path, flush_secs: int = 30):
         self.log_dir = Path(log_dir)
@@ -49,6 +52,9 @@ class TensorBoardLogger(NullLogger):
 
         for summary in hparams_summary(hparams, metrics):
             self.writer.file_writer.add_summary(summary)
+
+    def log_figure(self, tag: str, figure, step: int) -> None:
+        self.writer.add_figure(tag, figure, step)
 
     def close(self) -> None:
         if self.writer is not None:

@@ -19,11 +19,21 @@ def mean_ci95(values: Tensor) -> tuple[float, float]:
     return float(values.mean()), 1.96 * std / math.sqrt(n)
 
 
-def summarize(per_episode: dict[str, Tensor]) -> dict[str, float]:
-    """{"acc": .., "acc_ci95": .., "loss": .., "loss_ci95": .., "episodes": E} from per-episode metrics [E]."""
-    summary: dict[str, float] = {}
+def summarize(per_episode: dict[str, Tensor]) -> dict:
+    """Mean and 95% CI of each per-episode metric [E]: {"acc": .., "acc_ci95": .., "episodes": E}.
+
+    Metrics after k inner steps ("acc@k") become curves keyed by step:
+    {"acc_by_step": {k: ..}, "acc_by_step_ci95": {k: ..}}.
+    """
+    summary: dict = {}
     for name, values in per_episode.items():
-        summary[name], summary[f"{name}_ci95"] = mean_ci95(values)
+        mean, ci95 = mean_ci95(values)
+        base, at, step = name.partition("@")
+        if at:
+            summary.setdefault(f"{base}_by_step", {})[int(step)] = mean
+            summary.setdefault(f"{base}_by_step_ci95", {})[int(step)] = ci95
+        else:
+            summary[name], summary[f"{name}_ci95"] = mean, ci95
     summary["episodes"] = next(iter(per_episode.values())).numel()
     return summary
 

@@ -48,7 +48,7 @@ class Progress:
     """What a checkpoint restores besides the weights: where the run is and what it has seen."""
 
     step: int = 0
-    best_val_acc: float = float("-inf")
+    best_val: float | None = None  # the best validation value of the monitored metric
     best_step: int = 0
     train_seconds: float = 0.0
     skipped_steps: int = 0
@@ -66,9 +66,13 @@ class Trainer:
         settings: LoopSettings,
         run_dir: Path,
         logger: NullLogger | None = None,
+        monitor: tuple[str, bool] = ("acc", True),
+        figures: list | None = None,
         metadata: dict | None = None,
         hparams: dict | None = None,
     ):
+        """monitor: (metric, higher is better): the one that selects best.pt, from the data's task;
+        figures: callables drawing a picture of the trained algorithm at the end of the run."""
         self.algorithm = algorithm
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -78,6 +82,8 @@ class Trainer:
         self.settings = settings
         self.run_dir = Path(run_dir)
         self.logger = logger or NullLogger()
+        self.monitor, self.higher_is_better = monitor
+        self.figures = figures or []
         self.metadata = metadata or {}
         self.hparams = hparams or {}
         self.progress = Progress()
@@ -113,7 +119,7 @@ class Trainer:
                 scalars = {f"train/{name}": float(values.mean()) for name, values in metrics.items()}
                 scalars["train/lr"] = self.optimizer.param_groups[0]["lr"]
                 self.logger.log_scalars(scalars, step)
-                self._postfix.update(loss=f"{scalars['train/loss']:.3f}", acc=f"{scalars['train/acc']:.3f}")
+                self._postfix.update({name: f"{scalars[f'train/{name}']:.3f}" for name in ("loss", self.monitor)})
                 bar.set_postfix(self._postfix)
             validate = step % settings.eval_every == 0 or step == settings.steps
             if validate or stop.signal_name:  # both end a timed segment and leave last.pt
@@ -164,12 +170,20 @@ class Trainer:
 
     def _validate(self, step: int) -> None:
         summary = summarize(self.evaluate(self.val_episodes))
-        self.logger.log_scalars({"val/acc": summary["acc"], "val/loss": summary["loss"]}, step)
-        self._postfix["val_acc"] = f"{summary['acc']:.3f}"
-        if summary["acc"] > self.progress.best_val_acc:
-            self.progress.best_val_acc, self.progress.best_step = summary["acc"], step
+        value = summary[self.monitor]
+        self.logger.log_scalars({f"val/{self.monitor}": value, "val/loss": summary["loss"]}, step)
+        self._postfix[f"val_{self.monitor}"] = f"{value:.3f}"
+        if self._improves(value):
+            self.progress.best_val, self.progress.best_step = value, step
             checkpoints.save_atomic({"algorithm": self.algorithm.state_dict(), "step": step}, self.run_dir / "best.pt")
         checkpoints.save_atomic(self._state(), self.run_dir / "last.pt")
+
+    def _improves(self, value: float) -> bool:
+        """A NaN or infinite score never counts as the best, whatever the direction."""
+        best = self.progress.best_val
+        if not math.isfinite(value):
+            return False
+        return best is None or (value > best if self.higher_is_better else value < best)
 
     def evaluate(self, episodes: FixedEpisodes) -> dict[str, torch.Tensor]:
         """Per-episode metrics [E] on fixed episodes, in eval mode without an outer graph."""
@@ -185,24 +199,37 @@ class Trainer:
     def _test(self, wall_seconds: float) -> dict:
         if not (self.run_dir / "best.pt").exists():  # resumed to a step count it had already reached
             self._validate(self.progress.step)
-        best = checkpoints.load(self.run_dir / "best.pt")
-        self.algorithm.load_state_dict(best["algorithm"])
+        if (self.run_dir / "best.pt").exists():  # else no validation score was finite: test the last weights
+            self.algorithm.load_state_dict(checkpoints.load(self.run_dir / "best.pt")["algorithm"])
         test = summarize(self.evaluate(self.test_episodes))
-        progress = self.progress
+        self._draw_figures()
+        progress, metric = self.progress, self.monitor
         tasks = progress.step * self.settings.meta_batch_size
         results = {
+            "metric": metric,
             "test": test,
-            "val": {"best_acc": progress.best_val_acc, "best_step": progress.best_step},
+            "val": {f"best_{metric}": progress.best_val, "best_step": progress.best_step},
             "train": {"seconds": progress.train_seconds, "tasks_per_s": tasks / max(progress.train_seconds, 1e-9)},
             "steps": progress.step,
             "wall_s": wall_seconds,
             **self.metadata,
         }
-        final = {"test/acc": test["acc"], "test/acc_ci95": test["acc_ci95"], "val/best_acc": progress.best_val_acc}
-        self.logger.log_scalars({"test/acc": test["acc"], "test/loss": test["loss"]}, progress.step)
+        final = {f"test/{metric}": test[metric], f"test/{metric}_ci95": test[f"{metric}_ci95"], f"val/best_{metric}": progress.best_val}
+        self.logger.log_scalars({f"test/{metric}": test[metric], "test/loss": test["loss"]}, progress.step)
         self.logger.log_hparams(self.hparams, final)
         write_json(self.run_dir / "results.json", results)
         return results
+
+    def _draw_figures(self) -> None:
+        """Each figure of the best weights goes to <run>/<name>.png and to TensorBoard."""
+        self.algorithm.eval()
+        for draw in self.figures:
+            with torch.no_grad():
+                figure = draw(self.algorithm)
+            if figure is not None:
+                figure.savefig(self.run_dir / f"{draw.name}.png")
+                self.logger.log_figure(draw.name, figure, self.progress.step)
+        self.algorithm.train()
 
     def _state(self) -> dict:
         return {

@@ -16,7 +16,7 @@ from metarun.models import Conv4
 
 def tiny_conv(seed: int = 0) -> Conv4:
     torch.manual_seed(seed)
-    return Conv4(in_channels=1, image_size=8, filters=4, blocks=2)
+    return Conv4((1, 8, 8), filters=4, blocks=2)
 
 
 def random_batch(tasks: int = 3, ways: int = 3, shots: int = 2, queries: int = 2, size: int = 8, seed: int = 0) -> EpisodeBatch:

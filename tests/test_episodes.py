@@ -83,15 +83,15 @@ def test_fixed_evaluation_episodes_are_identical_for_the_same_seed_and_chunking_
     chunks = list(b.batches(7))
     assert [c.tasks for c in chunks] == [7, 7, 7, 7, 2]
     assert torch.equal(torch.cat([c.query_x for c in chunks]), whole.query_x)
-    assert not torch.equal(FixedEpisodes(split, SPEC, 30, seed=0, purpose="val").classes, a.classes)
+    assert not torch.equal(FixedEpisodes(split, SPEC, 30, seed=0, purpose="val").draws[1], a.draws[1])
 
 
 def test_fixed_episodes_do_not_depend_on_what_training_drew():
     split = make_synthetic()
-    before = FixedEpisodes(split.test, SPEC, count=10, seed=0, purpose="test").indices
+    before = FixedEpisodes(split.test, SPEC, count=10, seed=0, purpose="test").draws[0]
     EpisodeSampler(split.train, SPEC, seed=0).sample(50)
     torch.rand(100)  # global RNG use must not matter either
-    assert torch.equal(FixedEpisodes(split.test, SPEC, count=10, seed=0, purpose="test").indices, before)
+    assert torch.equal(FixedEpisodes(split.test, SPEC, count=10, seed=0, purpose="test").draws[0], before)
 
 
 def test_derived_seeds_differ_by_purpose_and_are_stable():

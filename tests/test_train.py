@@ -7,6 +7,7 @@ import os
 import signal
 
 import pytest
+import torch
 
 from metarun.build import build_trainer, train
 from metarun.errors import MetarunError
@@ -46,9 +47,10 @@ def test_tensorboard_has_train_val_test_scalars_and_one_hparams_entry(smoke_cfg,
     assert "_hparams_/experiment" in plugin and "_hparams_/session_start_info" in plugin
 
 
-@pytest.mark.parametrize("algo", ["maml", "fomaml", "anil", "protonet"])
+@pytest.mark.parametrize("algo", ["maml", "fomaml", "anil", "protonet", "metasgd", "mamlpp", "reptile", "matchingnet",
+                                  "relationnet", "siamese", "baseline", "baselinepp"])
 def test_every_algorithm_runs_end_to_end(smoke_cfg, tmp_path, algo):
-    cfg, choices = smoke_cfg(f"algo={algo}")
+    cfg, choices = smoke_cfg(f"algo={algo}", *(["algo.eval_inner_steps=5"] if algo == "reptile" else []))
     assert 0 <= train(cfg, tmp_path, choices)["test"]["acc"] <= 1
 
 
@@ -66,13 +68,20 @@ def test_every_algorithm_and_training_seed_is_tested_on_the_same_fixed_episodes(
 
     trainers = [built("algo=maml", "seed=0"), built("algo=protonet", "seed=0"), built("algo=maml", "seed=7")]
     for trainer in trainers[1:]:
-        assert (trainer.test_episodes.indices == trainers[0].test_episodes.indices).all()
-        assert (trainer.val_episodes.indices == trainers[0].val_episodes.indices).all()
-    assert not (built("eval_seed=1").test_episodes.indices == trainers[0].test_episodes.indices).all()
+        assert (trainer.test_episodes.draws[0] == trainers[0].test_episodes.draws[0]).all()
+        assert (trainer.val_episodes.draws[0] == trainers[0].val_episodes.draws[0]).all()
+    assert not (built("eval_seed=1").test_episodes.draws[0] == trainers[0].test_episodes.draws[0]).all()
 
 
-def test_a_run_stopped_half_way_and_resumed_ends_with_the_same_results(smoke_cfg, tmp_path, monkeypatch):
-    overrides = ("trainer.steps=6", "trainer.eval_every=2")
+# Annealing clocks and schedules (MAML++), and inner minibatches drawn from the global generator
+# (Reptile) must resume exactly too.
+ANNEALED = ["algo=mamlpp", "algo.multi_step_loss_steps=4", "algo.inner_steps=2", "algo.eval_inner_steps=2", "scheduler=cosine"]
+REPTILE = ["algo=reptile", "algo.eval_inner_steps=5", "optim=sgd", "optim.lr=1.0", "optim.momentum=0.0", "scheduler=linear"]
+
+
+@pytest.mark.parametrize("algo", [[], ANNEALED, REPTILE], ids=["maml", "mamlpp", "reptile"])
+def test_a_run_stopped_half_way_and_resumed_ends_with_the_same_results(smoke_cfg, tmp_path, monkeypatch, algo):
+    overrides = ("trainer.steps=6", "trainer.eval_every=2", *algo)
     cfg, choices = smoke_cfg(*overrides)
     straight = train(cfg, tmp_path / "straight", choices)
 
@@ -250,3 +259,12 @@ def test_a_run_stopped_before_its_first_validation_can_be_finished_at_that_step(
             train(cfg, tmp_path, choices)
     finished = train(smoke_cfg("trainer.resume=true", "trainer.steps=1")[0], tmp_path, choices)
     assert finished["steps"] == 1 and finished["val"]["best_step"] == 1
+
+
+def test_a_non_finite_validation_score_never_becomes_the_best(smoke_cfg, tmp_path, monkeypatch):
+    nan = {"loss": torch.tensor([float("nan")]), "acc": torch.tensor([float("nan")])}
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, episodes: nan)
+    cfg, choices = smoke_cfg("trainer.steps=4", "trainer.eval_every=2")
+    results = train(cfg, tmp_path, choices)
+    assert results["val"]["best_acc"] is None and not (tmp_path / "best.pt").exists()
+    assert (tmp_path / "results.json").exists()  # tested with the last weights

@@ -2,7 +2,17 @@
 
 from metarun.algorithms.anil import ANIL
 from metarun.algorithms.base import Algorithm, StepOutput
+from metarun.algorithms.baseline import Baseline
 from metarun.algorithms.maml import MAML
+from metarun.algorithms.matchingnet import MatchingNet
+from metarun.algorithms.metasgd import MetaSGD
+from metarun.algorithms.pretrain import Pretrain
 from metarun.algorithms.protonet import ProtoNet
+from metarun.algorithms.relationnet import RelationNet
+from metarun.algorithms.reptile import Reptile
+from metarun.algorithms.siamese import Siamese
 
-__all__ = ["ANIL", "Algorithm", "MAML", "ProtoNet", "StepOutput"]
+__all__ = [
+    "ANIL", "Algorithm", "Baseline", "MAML", "MatchingNet", "MetaSGD", "Pretrain", "ProtoNet", "RelationNet", "Reptile",
+    "Siamese", "StepOutput",
+]

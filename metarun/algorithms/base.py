@@ -10,19 +10,25 @@ import torch
 from torch import Tensor, nn
 
 from metarun.episodes import EpisodeBatch
+from metarun.errors import MetarunError
+from metarun.tasks import Classification, Task
 
 
 @dataclass
 class StepOutput:
     """What one step over a meta-batch returns to the trainer.
 
-    objective: scalar whose gradient with respect to the algorithm's parameters is the
-               meta-gradient (it need not equal the loss: see `gradient_surrogate`).
-    metrics:   per-task values [T], detached; always "loss" and "acc" of the query set.
+    objective:   scalar whose gradient with respect to the algorithm's parameters is the
+                 meta-gradient (it need not equal the loss: see `gradient_surrogate`).
+    metrics:     per-task values [T], detached; always "loss" of the query set and the task's
+                 metrics ("acc", or "mse"); "<name>@<k>" after k inner steps where there are any.
+    predictions: query predictions after k inner steps {k: [T, N*Q, outputs]} (evaluation of
+                 methods with an inner loop, at the steps they record), else None.
     """
 
     objective: Tensor
     metrics: dict[str, Tensor]
+    predictions: dict[int, Tensor] | None = None
 
 
 class Algorithm(nn.Module, ABC):
@@ -35,6 +41,13 @@ class Algorithm(nn.Module, ABC):
     @abstractmethod
     def step(self, batch: EpisodeBatch, train: bool) -> StepOutput:
         ...
+
+
+def require_classification(task: Task, algorithm: str) -> None:
+    """Methods that compare queries with classes cannot regress."""
+    if not isinstance(task, Classification):
+        raise MetarunError(f"algo={algorithm} classifies, but this data set is a {task.name} task; "
+                           "use a gradient-based method (maml, fomaml, metasgd, reptile, anil, pretrain)")
 
 
 def accuracy(logits: Tensor, labels: Tensor) -> Tensor:

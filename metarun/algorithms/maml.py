@@ -1,26 +1,34 @@
-"""MAML (Finn et al. 2017) and first-order MAML: inner SGD on a parameter dict, second order by default."""
+"""MAML (Finn et al. 2017), first-order MAML, and the MAML++ options (Antoniou et al. 2019).
+
+The inner loop is SGD on a dict of the learner's parameters through torch.func.grad, so one
+task function runs per task or under torch.func.vmap; second order unless first order.
+"""
 
 from __future__ import annotations
 
 from functools import partial
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from metarun.algorithms.base import Algorithm, StepOutput, accuracy, gradient_surrogate
+from metarun.algorithms.base import Algorithm, StepOutput, gradient_surrogate
 from metarun.episodes import EpisodeBatch
 from metarun.errors import MetarunError
 from metarun.models import use_batch_statistics
+from metarun.tasks import Classification, Task
 
 TaskBatching = Literal["loop", "vmap"]
 Params = dict[str, Tensor]
+# What one task returns: (objective [], metrics {name: []}) in training, plus the query
+# predictions after the recorded inner steps {k: [N*Q, outputs]} at evaluation.
+TaskOutput = tuple
 
 
 class MAML(Algorithm):
-    """Model-agnostic meta-learning over `backbone` plus a linear head of `ways` outputs.
+    """Model-agnostic meta-learning over `backbone` plus a linear head (one output per way, or
+    the regression target's size).
 
     inner_lr, inner_steps: the inner SGD loop on each task's support set during meta-training;
     eval_inner_steps: the steps used at evaluation (often more than in training);
@@ -28,22 +36,36 @@ class MAML(Algorithm):
     gradient at the adapted weights;
     task_batching: "loop" adapts the tasks one by one with a backward per task (least memory,
     fastest on a small CPU); "vmap" vectorises them with torch.func.vmap (fills a GPU).
+
+    MAML++ options, each usable alone (cosine annealing of the outer rate is `scheduler=cosine`):
+    multi_step_loss_steps > 0: the objective weighs the query loss after every inner step,
+    annealed toward the last step over this many meta-steps (then the last step alone);
+    learn_inner_lr: a learned inner learning rate per parameter tensor and inner step;
+    per_step_bn: batch-norm weights and biases per inner step, learned in the outer loop only;
+    first_order_steps > 0: first order for this many meta-steps, then second order.
     """
 
     def __init__(
         self,
         backbone: nn.Module,
         ways: int,
+        task: Task | None = None,
         inner_lr: float = 0.4,
         inner_steps: int = 1,
         eval_inner_steps: int = 3,
         first_order: bool = False,
         task_batching: TaskBatching = "loop",
+        multi_step_loss_steps: int = 0,
+        multi_step_loss_floor: float = 0.03,
+        learn_inner_lr: bool = False,
+        per_step_bn: bool = False,
+        first_order_steps: int = 0,
     ):
         super().__init__()
         if task_batching not in ("loop", "vmap"):
             raise MetarunError(f"algo.task_batching={task_batching!r} is not known; use loop, vmap or auto")
-        self.net = nn.Sequential(backbone, nn.Linear(backbone.out_features, ways))
+        self.task = task or Classification()
+        self.net = nn.Sequential(backbone, nn.Linear(backbone.out_features, self.task.outputs(ways)))
         # Batch statistics per task, in training and evaluation, as the MAML protocol does;
         # running statistics would mix tasks and break the inner loop's functional calls.
         use_batch_statistics(self.net, explicit=task_batching == "vmap")
@@ -52,6 +74,13 @@ class MAML(Algorithm):
         self.eval_inner_steps = eval_inner_steps
         self.first_order = first_order
         self.task_batching = task_batching
+        self.multi_step_loss_steps = multi_step_loss_steps
+        self.multi_step_loss_floor = multi_step_loss_floor
+        self.first_order_steps = first_order_steps
+        # Meta-steps taken: the clock of the MAML++ annealing, saved and restored with the weights.
+        self.register_buffer("meta_steps", torch.zeros((), dtype=torch.long))
+        self.step_norms = self._per_step_norms() if per_step_bn else None
+        self.inner_lrs = self._learned_inner_lrs() if learn_inner_lr else None
 
     # Hooks that ANIL overrides: which module the inner loop adapts, and what it reads.
     @property
@@ -63,61 +92,160 @@ class MAML(Algorithm):
 
     def step(self, batch: EpisodeBatch, train: bool) -> StepOutput:
         steps = self.inner_steps if train else self.eval_inner_steps
-        task = partial(self.task_loss, steps=steps)
-        if self.task_batching == "vmap":
-            loss, acc = vmap(task, randomness="different")(batch.support_x, batch.support_y, batch.query_x, batch.query_y)
-            return StepOutput(loss.mean(), {"loss": loss.detach(), "acc": acc})
-        return self._task_loop(task, batch)
+        task = partial(self.task_loss, steps=steps, train=train)
+        output = self.run_tasks(task, (batch.support_x, batch.support_y, batch.query_x, batch.query_y), train)
+        if train:
+            self.meta_steps += 1
+        return output
 
-    def _task_loop(self, task, batch: EpisodeBatch) -> StepOutput:
-        """One task at a time; in training, backward per task so one task's graph is alive at once."""
+    def run_tasks(self, task: Callable[..., TaskOutput], inputs: tuple[Tensor, ...], train: bool) -> StepOutput:
+        """Apply `task` to every task of the meta-batch (inputs [T, ...] each), batched or one by one."""
+        if self.task_batching == "vmap":
+            objective, metrics, *predictions = vmap(task, randomness="different")(*inputs)
+            return StepOutput(objective.mean(), metrics, predictions[0] if predictions else None)
+        # One task at a time; in training, backward per task so one task's graph is alive at once.
         params = [p for p in self.parameters() if p.requires_grad]
         meta_grads: list[Tensor | None] = [None] * len(params)
-        losses, accs = [], []
-        for t in range(batch.tasks):
-            loss, acc = task(batch.support_x[t], batch.support_y[t], batch.query_x[t], batch.query_y[t])
-            if loss.requires_grad:
-                grads = torch.autograd.grad(loss / batch.tasks, params, allow_unused=True)
+        objectives, metrics, predictions = [], [], []  # per task
+        tasks = inputs[0].shape[0]
+        for t in range(tasks):
+            objective, task_metrics, *task_predictions = task(*(x[t] for x in inputs))
+            if train and objective.requires_grad:
+                grads = torch.autograd.grad(objective / tasks, params, allow_unused=True)
                 meta_grads = [_add(total, g) for total, g in zip(meta_grads, grads)]
-            losses.append(loss.detach())
-            accs.append(acc)
-        losses = torch.stack(losses)
-        objective = gradient_surrogate(params, meta_grads) if torch.is_grad_enabled() else losses.mean()
-        return StepOutput(objective, {"loss": losses, "acc": torch.stack(accs)})
+            objectives.append(objective.detach())
+            metrics.append(task_metrics)
+            predictions += task_predictions
+        objective = gradient_surrogate(params, meta_grads) if torch.is_grad_enabled() else torch.stack(objectives).mean()
+        return StepOutput(objective, _stack(metrics), _stack(predictions) if predictions else None)
 
-    def task_loss(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor, steps: int) -> tuple[Tensor, Tensor]:
+    def task_loss(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor, steps: int, train: bool) -> TaskOutput:
         """Adapt on one task's support set, score its query set.
 
-        support_x: [N*K, C, H, W], query_x: [N*Q, C, H, W] -> (query loss [], query accuracy [])
+        support_x: [N*K, ...], query_x: [N*Q, ...]. The objective is the query loss after
+        `steps` inner steps, or the multi-step mix; at evaluation the metrics are also recorded
+        after each of the first inner steps ("acc@0", "acc@1", ...).
         """
         support, query = self.features(support_x), self.features(query_x)
-        adapted = self.adapt(dict(self.learner.named_parameters()), support, support_y, steps)
-        logits = functional_call(self.learner, adapted, (query,))
-        return F.cross_entropy(logits, query_y), accuracy(logits, query_y).detach()
+        weights = self.query_loss_weights(steps) if train else None
+        first_order = self.first_order or (train and int(self.meta_steps) < self.first_order_steps)
+        fast = self.fast_weights()
+        objective, metrics, predictions = 0.0, {}, {}
+        for k in range(steps + 1):
+            if weights[k] > 0 if train else recorded(k, steps):
+                out = self.forward_at(fast, query, k)
+                loss = self.task.loss(out, query_y)
+                if train:
+                    objective = objective + weights[k] * loss
+                else:
+                    metrics |= step_metrics(self.task, out, query_y, loss, k)
+                    predictions[k] = out.detach()
+            if k < steps:
+                fast = self.inner_update(fast, support, support_y, k, first_order)
+        metrics |= {"loss": loss.detach(), **self.task.metrics(out.detach(), query_y)}
+        if train:
+            return objective, metrics
+        return loss.detach(), metrics, predictions
 
-    def adapt(self, params: Params, x: Tensor, y: Tensor, steps: int) -> Params:
-        """`steps` SGD steps on the support loss; differentiable unless first-order.
+    def query_loss_weights(self, steps: int) -> list[float]:
+        """The weight of the query loss after k = 0..steps inner steps in the training objective."""
+        if self.multi_step_loss_steps and steps > 1:
+            progress = int(self.meta_steps) / self.multi_step_loss_steps
+            return [0.0, *multi_step_weights(steps, progress, self.multi_step_loss_floor)]
+        return [0.0] * steps + [1.0]
 
-        torch.func.grad rather than torch.autograd.grad, so the same code runs under vmap; it
-        also computes inner gradients under the trainer's torch.no_grad() at evaluation.
-        """
-        if self.first_order:
-            # Adapt without an outer graph, then pass the query gradient straight through to
-            # the initial weights: d(query loss)/d(theta) = gradient at the adapted weights.
+    def fast_weights(self) -> Params:
+        """The parameters the inner loop adapts, at their meta-learned initial values."""
+        return {name: p for name, p in self.learner.named_parameters() if p.requires_grad}
+
+    def forward_at(self, fast: Params, x: Tensor, k: int) -> Tensor:
+        """The learner with the fast weights, after k inner steps (per-step batch norm reads k)."""
+        if self.step_norms is None:
+            return functional_call(self.learner, fast, (x,))
+        last = self.inner_steps
+        norms = {name: self.step_norms[_key(name)][min(k, last)] for name in self._norm_names}
+        return functional_call(self.learner, {**fast, **norms}, (x,))
+
+    def inner_update(self, fast: Params, x: Tensor, y: Tensor, k: int, first_order: bool) -> Params:
+        """One SGD step on the support loss. First order: the gradient is a constant, computed
+        without an outer graph, so the query gradient passes straight through to the initial
+        weights. torch.func.grad rather than torch.autograd.grad: the same code runs under vmap,
+        and it computes inner gradients under the trainer's torch.no_grad() at evaluation."""
+        support_grad = grad(partial(self._support_loss, k=k))
+        if first_order:
             with torch.no_grad():
-                adapted = self._sgd(params, x, y, steps)
-            return {name: p + (adapted[name] - p).detach() for name, p in params.items()}
-        return self._sgd(params, x, y, steps)
+                grads = support_grad(fast, x, y)
+        else:
+            grads = support_grad(fast, x, y)
+        return {name: p - self.inner_rate(name, k) * grads[name] for name, p in fast.items()}
 
-    def _sgd(self, params: Params, x: Tensor, y: Tensor, steps: int) -> Params:
-        support_grad = grad(self._support_loss)
-        for _ in range(steps):
-            grads = support_grad(params, x, y)
-            params = {name: p - self.inner_lr * grads[name] for name, p in params.items()}
-        return params
+    def inner_rate(self, name: str, k: int) -> Tensor | float:
+        if self.inner_lrs is None:
+            return self.inner_lr
+        rates = self.inner_lrs[_key(name)]  # [steps, *shape]
+        return rates[min(k, len(rates) - 1)]  # evaluation beyond the trained steps reuses the last
 
-    def _support_loss(self, params: Params, x: Tensor, y: Tensor) -> Tensor:
-        return F.cross_entropy(functional_call(self.learner, params, (x,)), y)
+    def adapt(self, fast: Params, x: Tensor, y: Tensor, steps: int) -> Params:
+        """`steps` inner updates on (x, y), differentiable unless first order."""
+        for k in range(steps):
+            fast = self.inner_update(fast, x, y, k, self.first_order)
+        return fast
+
+    def _support_loss(self, fast: Params, x: Tensor, y: Tensor, k: int = 0) -> Tensor:
+        return self.task.loss(self.forward_at(fast, x, k), y)
+
+    def _learned_inner_lrs(self) -> nn.ParameterDict:
+        """MAML++: one rate per parameter tensor and training inner step, starting at inner_lr."""
+        return nn.ParameterDict({
+            _key(name): nn.Parameter(torch.full((self.inner_steps,), float(self.inner_lr)))
+            for name in self.fast_weights()
+        })
+
+    def _per_step_norms(self) -> nn.ParameterDict:
+        """MAML++: a copy of every batch-norm weight and bias for each inner step 0..inner_steps.
+
+        The inner loop no longer adapts them (as in the paper), so the originals are frozen."""
+        norm_modules = {name for name, m in self.learner.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+        self._norm_names = [n for n, _ in self.learner.named_parameters() if n.rpartition(".")[0] in norm_modules]
+        params = dict(self.learner.named_parameters())
+        copies = {}
+        for name in self._norm_names:
+            copies[_key(name)] = nn.Parameter(params[name].detach().repeat(self.inner_steps + 1, 1))
+            params[name].requires_grad_(False)
+        return nn.ParameterDict(copies)
+
+
+def multi_step_weights(steps: int, progress: float, floor: float = 0.03) -> list[float]:
+    """MAML++'s weights of the query losses after inner steps 1..steps; they sum to 1.
+
+    Uniform at progress 0, moving linearly toward the last step while the earlier ones keep at
+    least floor/steps; from progress 1 on, the last step alone.
+    """
+    if progress >= 1:
+        return [0.0] * (steps - 1) + [1.0]
+    early = max((1 - progress) / steps, floor / steps)
+    last = min((1 + progress * (steps - 1)) / steps, 1 - (steps - 1) * floor / steps)
+    return [early] * (steps - 1) + [last]
+
+
+def recorded(k: int, steps: int) -> bool:
+    """Inner steps at which evaluation records the query metrics: the first ten, and the last."""
+    return k <= 10 or k == steps
+
+
+def step_metrics(task: Task, out: Tensor, targets: Tensor, loss: Tensor, k: int) -> dict[str, Tensor]:
+    """The query metrics after k inner steps, named "loss@k", "acc@k" (or "mse@k")."""
+    metrics = {"loss": loss, **task.metrics(out, targets)}
+    return {f"{name}@{k}": value.detach() for name, value in metrics.items()}
+
+
+def _stack(per_task: list[dict]) -> dict:
+    return {key: torch.stack([values[key] for values in per_task]) for key in per_task[0]}
+
+
+def _key(name: str) -> str:
+    """A parameter name as a ParameterDict key (no dots)."""
+    return name.replace(".", "__")
 
 
 def _add(total: Tensor | None, g: Tensor | None) -> Tensor | None:

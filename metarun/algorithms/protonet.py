@@ -6,15 +6,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metarun.algorithms.base import Algorithm, StepOutput, accuracy, class_means
+from metarun.algorithms.base import Algorithm, StepOutput, accuracy, class_means, require_classification
 from metarun.episodes import EpisodeBatch
+from metarun.tasks import Classification, Task
 
 
 class ProtoNet(Algorithm):
     """Logits are negative squared Euclidean distances from query embeddings to prototypes."""
 
-    def __init__(self, backbone: nn.Module):
+    def __init__(self, backbone: nn.Module, task: Task | None = None):
         super().__init__()
+        require_classification(task or Classification(), "protonet")
         self.backbone = backbone
 
     def step(self, batch: EpisodeBatch, train: bool) -> StepOutput:

@@ -1,4 +1,8 @@
-"""ImageSplit: one split's images as a single uint8 tensor grouped by class, ready for index gathers."""
+"""ImageSplit: one split's images as a single uint8 tensor grouped by class, ready for index gathers.
+
+An episode is an index gather from the split's image tensor on the training device; no
+per-image Python runs in the loop.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,10 @@ from typing import Sequence
 
 import torch
 from torch import Tensor
+
+from metarun.episodes import EpisodeBatch, EpisodeSource, EpisodeSpec
+from metarun.errors import MetarunError
+from metarun.tasks import Classification
 
 
 @dataclass
@@ -42,11 +50,15 @@ class ImageSplit:
         return len(self.counts)
 
     @property
+    def task(self) -> Classification:
+        return Classification(classes=self.num_classes)
+
+    @property
     def min_images_per_class(self) -> int:
         return int(self.counts.min())
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
+    def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])
 
     @property
@@ -60,16 +72,61 @@ class ImageSplit:
         """Float images [*indices.shape, C, H, W], scaled to [0, 1] and normalised."""
         images = self.images[indices.flatten()].float()
         images = images.mul_(1 / 255).sub_(self._mean).div_(self._std)
-        return images.view(*indices.shape, *self.image_shape)
+        return images.view(*indices.shape, *self.input_shape)
+
+    def draw(self, spec: EpisodeSpec, episodes: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Choose classes and images on the CPU generator: image indices [E, N, K+Q], class ids [E, N]."""
+        classes = torch.rand(episodes, self.num_classes, generator=generator).argsort(dim=1)[:, : spec.ways]  # [E, N]
+        class_counts = self.counts[classes]  # [E, N]
+        # A random key per image slot; slots past a class's count sort last, so the first K+Q
+        # positions are a uniform draw without replacement from each class's own images.
+        keys = torch.rand(episodes, spec.ways, int(class_counts.max()), generator=generator)
+        keys.masked_fill_(torch.arange(keys.shape[-1]) >= class_counts[..., None], 2.0)
+        positions = keys.argsort(dim=-1)[..., : spec.images_per_class]  # [E, N, K+Q]
+        return self.offsets[classes][..., None] + positions, classes
+
+    def batch(self, draws: tuple[Tensor, Tensor], spec: EpisodeSpec) -> EpisodeBatch:
+        """Gather drawn indices [E, N, K+Q] into an EpisodeBatch on the split's device."""
+        indices, classes = draws
+        episodes, ways, per_class = indices.shape
+        indices = indices.to(self.device, non_blocking=True)
+        support_x = self.gather(indices[:, :, : spec.shots]).flatten(1, 2)  # [E, N*K, C, H, W]
+        query_x = self.gather(indices[:, :, spec.shots :]).flatten(1, 2)  # [E, N*Q, C, H, W]
+        labels = torch.arange(ways, device=self.device).view(1, ways, 1)
+        support_y = labels.expand(episodes, ways, spec.shots).flatten(1)  # [E, N*K]
+        query_y = labels.expand(episodes, ways, per_class - spec.shots).flatten(1)  # [E, N*Q]
+        return EpisodeBatch(support_x, support_y, query_x, query_y, classes.to(self.device))
+
+    def figures(self, spec: EpisodeSpec, seed: int) -> list:
+        return []
+
+    def check(self, spec: EpisodeSpec, split_name: str, data_name: str, key_prefix: str = "") -> None:
+        """Enough classes for the ways and enough images per class for shots + queries."""
+        if spec.ways < 2:
+            raise MetarunError(f"episode.{key_prefix}ways={spec.ways} is invalid: it must be at least 2")
+        if spec.ways > self.num_classes:
+            raise MetarunError(
+                f"episode.{key_prefix}ways={spec.ways} is more than the {self.num_classes} classes "
+                f"of the {split_name} split of {data_name}"
+            )
+        if spec.images_per_class > self.min_images_per_class:
+            raise MetarunError(
+                f"episode.shots + episode.{key_prefix}queries = {spec.shots} + {spec.queries} is more than the "
+                f"{self.min_images_per_class} images per class in the {split_name} split of {data_name}"
+            )
 
 
 @dataclass
 class DataSplits:
     """The train / val / test splits of a data set; no class appears in two of them."""
 
-    train: ImageSplit
-    val: ImageSplit
-    test: ImageSplit
+    train: EpisodeSource
+    val: EpisodeSource
+    test: EpisodeSource
+
+    @property
+    def task(self):
+        return self.train.task
 
     def to(self, device: torch.device | str) -> DataSplits:
         return DataSplits(self.train.to(device), self.val.to(device), self.test.to(device))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Sequence
 
 from torch import Tensor, nn
 
@@ -12,8 +12,9 @@ from metarun.models.norm import BatchNorm2d
 Pooling = Literal["max", "stride"]
 
 
-def conv_block(in_channels: int, out_channels: int, pooling: Pooling) -> nn.Sequential:
-    """conv3x3 -> batch norm -> ReLU -> max-pool 2, or a stride-2 conv3x3 in place of the pool."""
+def conv_block(in_channels: int, out_channels: int, pooling: Pooling | None) -> nn.Sequential:
+    """conv3x3 -> batch norm -> ReLU -> max-pool 2, or a stride-2 conv3x3 in place of the pool,
+    or (pooling None) neither."""
     stride = 2 if pooling == "stride" else 1
     layers = [
         nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1),
@@ -30,21 +31,31 @@ class Conv4(nn.Module):
 
     pooling="stride" is the MAML paper's Omniglot network: stride-2 convolutions instead of
     max-pooling, then the mean over space (a quarter of the compute).
-    x: [B, in_channels, image_size, image_size] -> [B, out_features]
-    (max-pooling: 64 features at 28x28, 1600 at 84x84 with 64 filters; stride: `filters`).
+    pooled_blocks < blocks leaves the last blocks without pooling (Relation Networks' embedding).
+    x: [B, C, H, W] with input_shape = (C, H, W) -> [B, out_features], the flattened map of
+    shape out_shape (max-pooling: 64 features at 28x28, 1600 at 84x84 with 64 filters; stride:
+    `filters`).
     """
 
-    def __init__(self, in_channels: int, image_size: int, filters: int = 64, blocks: int = 4, pooling: Pooling = "max"):
+    def __init__(self, input_shape: Sequence[int], filters: int = 64, blocks: int = 4, pooling: Pooling = "max",
+                 pooled_blocks: int | None = None):
         super().__init__()
+        if len(input_shape) != 3:
+            raise MetarunError(f"backbone=conv4 reads images [C, H, W], but this data set's inputs have shape "
+                               f"{tuple(input_shape)}; use backbone=mlp")
+        in_channels, height, width = input_shape
         if pooling not in ("max", "stride"):
             raise MetarunError(f"backbone.pooling={pooling!r} is not known; use 'max' or 'stride'")
-        if pooling == "max" and image_size < 2**blocks:
-            raise MetarunError(f"Conv4 with {blocks} max-pooling blocks needs images of at least {2**blocks} pixels, got {image_size}")
+        pooled = blocks if pooled_blocks is None else pooled_blocks
+        if pooling == "max" and min(height, width) < 2**pooled:
+            raise MetarunError(f"Conv4 with {pooled} max-pooling blocks needs images of at least {2**pooled} pixels, got {height}x{width}")
         channels = [in_channels] + [filters] * blocks
-        self.blocks = nn.Sequential(*(conv_block(a, b, pooling) for a, b in zip(channels, channels[1:])))
+        self.blocks = nn.Sequential(*(
+            conv_block(a, b, pooling if index < pooled else None) for index, (a, b) in enumerate(zip(channels, channels[1:]))))
         self.pooling = pooling
-        side = image_size // 2**blocks
-        self.out_features = filters if pooling == "stride" else filters * side * side
+        side = (1, 1) if pooling == "stride" else (height // 2**pooled, width // 2**pooled)
+        self.out_shape = (filters, *side)
+        self.out_features = filters * side[0] * side[1]
 
     def forward(self, x: Tensor) -> Tensor:
         features = self.blocks(x)  # [B, filters, h, w]

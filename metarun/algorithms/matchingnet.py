@@ -1,0 +1,83 @@
+"""Matching Networks (Vinyals et al. 2016): queries attend over the support set by cosine similarity."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metarun.algorithms.base import Algorithm, StepOutput, accuracy, require_classification
+from metarun.episodes import EpisodeBatch
+from metarun.tasks import Classification, Task
+
+
+class MatchingNet(Algorithm):
+    """P(class | query) = sum over support images of softmax(cosine(query, support)) * one-hot label.
+
+    full_context_embeddings: embed the support set with a bidirectional LSTM over it (g) and
+    each query with an attention LSTM that reads the support set for `processing_steps` steps
+    (f), as the paper's FCE; off by default. temperature divides the cosines before the softmax
+    (the paper's 1: no scaling).
+    """
+
+    def __init__(self, backbone: nn.Module, task: Task | None = None, full_context_embeddings: bool = False,
+                 processing_steps: int = 5, temperature: float = 1.0):
+        super().__init__()
+        require_classification(task or Classification(), "matchingnet")
+        self.backbone = backbone
+        self.temperature = temperature
+        self.fce = FullContextEmbeddings(backbone.out_features, processing_steps) if full_context_embeddings else None
+
+    def step(self, batch: EpisodeBatch, train: bool) -> StepOutput:
+        log_probs = self.log_probabilities(batch)  # [T, N*Q, N]
+        loss = F.nll_loss(log_probs.flatten(0, 1), batch.query_y.flatten(), reduction="none").view(batch.tasks, -1).mean(1)
+        return StepOutput(loss.mean(), {"loss": loss.detach(), "acc": accuracy(log_probs, batch.query_y).detach()})
+
+    def log_probabilities(self, batch: EpisodeBatch) -> Tensor:
+        tasks, n_support = batch.support_y.shape
+        images = torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])
+        embeddings = self.backbone(images)  # one forward pass for the whole meta-batch
+        support = embeddings[: tasks * n_support].view(tasks, n_support, -1)  # [T, N*K, F]
+        query = embeddings[tasks * n_support :].view(tasks, batch.query_y.shape[1], -1)  # [T, N*Q, F]
+        if self.fce is not None:
+            support, query = self.fce(support, query)
+        attention = (cosine_similarities(query, support) / self.temperature).softmax(dim=-1)  # [T, N*Q, N*K]
+        labels = F.one_hot(batch.support_y, batch.ways).to(attention.dtype)  # [T, N*K, N]
+        return (attention @ labels).clamp_min(1e-8).log()  # [T, N*Q, N]
+
+
+class FullContextEmbeddings(nn.Module):
+    """g: support embeddings plus a bidirectional LSTM's states over the support set;
+    f: an attention LSTM whose state reads the support set for `steps` steps per query.
+
+    The attention LSTM's hidden state is h + r (read-out) rather than their concatenation, a
+    common simplification that keeps one feature size throughout.
+    """
+
+    def __init__(self, features: int, steps: int):
+        super().__init__()
+        self.support_lstm = nn.LSTM(features, features, batch_first=True, bidirectional=True)
+        self.query_cell = nn.LSTMCell(features, features)
+        self.steps = steps
+
+    def forward(self, support: Tensor, query: Tensor) -> tuple[Tensor, Tensor]:
+        """support [T, S, F], query [T, M, F] -> the same shapes, in context."""
+        features = support.shape[-1]
+        states, _ = self.support_lstm(support)  # [T, S, 2F]
+        support = support + states[..., :features] + states[..., features:]
+        tasks, queries, _ = query.shape
+        flat = query.reshape(tasks * queries, features)
+        hidden = torch.zeros_like(flat)
+        cell = torch.zeros_like(flat)
+        readout = torch.zeros_like(flat)
+        for _ in range(self.steps):
+            hidden, cell = self.query_cell(flat, (hidden + readout, cell))
+            hidden = hidden + flat
+            weights = (hidden.view(tasks, queries, features) @ support.transpose(1, 2)).softmax(dim=-1)  # [T, M, S]
+            readout = (weights @ support).reshape(tasks * queries, features)
+        return support, hidden.view(tasks, queries, features)
+
+
+def cosine_similarities(a: Tensor, b: Tensor) -> Tensor:
+    """cos(a_i, b_j): a [T, M, F], b [T, N, F] -> [T, M, N]."""
+    return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).transpose(1, 2)

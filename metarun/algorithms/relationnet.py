@@ -1,0 +1,80 @@
+"""Relation Networks (Sung et al. 2018): a learned module scores each (query, class) pair."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metarun.algorithms.base import Algorithm, StepOutput, accuracy, require_classification
+from metarun.episodes import EpisodeBatch
+from metarun.errors import MetarunError
+from metarun.tasks import Classification, Task
+
+
+class RelationNet(Algorithm):
+    """Class feature maps are the sums of their support embeddings; each is concatenated with a
+    query's feature map along the channels and scored in [0, 1] by the relation module.
+
+    loss: "mse" regresses the scores on one-hot targets (the paper); "ce" treats the
+    pre-sigmoid scores as logits. The backbone must keep its spatial map (`out_shape`), as
+    backbone=relationnet_embedding does.
+    """
+
+    def __init__(self, backbone: nn.Module, task: Task | None = None, loss: Literal["mse", "ce"] = "mse",
+                 filters: int = 64, hidden: int = 8):
+        super().__init__()
+        require_classification(task or Classification(), "relationnet")
+        if loss not in ("mse", "ce"):
+            raise MetarunError(f"algo.loss={loss!r} is not known; use mse (the paper) or ce")
+        if len(getattr(backbone, "out_shape", ())) != 3:
+            raise MetarunError("algo=relationnet compares feature maps; use backbone=relationnet_embedding (or conv4)")
+        self.backbone = backbone
+        self.loss = loss
+        self.relation = RelationModule(backbone.out_shape, filters, hidden)
+
+    def step(self, batch: EpisodeBatch, train: bool) -> StepOutput:
+        logits = self.relation_logits(batch)  # [T, N*Q, N], before the sigmoid
+        if self.loss == "mse":
+            targets = F.one_hot(batch.query_y, batch.ways).to(logits.dtype)
+            loss = (logits.sigmoid() - targets).pow(2).sum(-1).mean(-1)  # [T]
+        else:
+            loss = F.cross_entropy(logits.transpose(1, 2), batch.query_y, reduction="none").mean(-1)
+        return StepOutput(loss.mean(), {"loss": loss.detach(), "acc": accuracy(logits, batch.query_y).detach()})
+
+    def relation_logits(self, batch: EpisodeBatch) -> Tensor:
+        tasks, n_support = batch.support_y.shape
+        n_query, ways = batch.query_y.shape[1], batch.ways
+        images = torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])
+        maps = self.backbone(images).view(-1, *self.backbone.out_shape)  # [T*(S+M), C, h, w]
+        support = maps[: tasks * n_support].view(tasks, n_support, -1)
+        query = maps[tasks * n_support :].view(tasks, n_query, *self.backbone.out_shape)
+        one_hot = F.one_hot(batch.support_y, ways).to(support.dtype)  # [T, S, N]
+        classes = (one_hot.transpose(1, 2) @ support).view(tasks, ways, *self.backbone.out_shape)  # sums over shots
+        pairs = torch.cat([
+            query[:, :, None].expand(-1, -1, ways, -1, -1, -1),
+            classes[:, None].expand(-1, n_query, -1, -1, -1, -1),
+        ], dim=3)  # [T, M, N, 2C, h, w]
+        return self.relation(pairs.flatten(0, 2)).view(tasks, n_query, ways)
+
+
+class RelationModule(nn.Module):
+    """Two conv blocks (conv3x3, batch norm, ReLU, max-pool 2) on a pair's 2C channels, then
+    a ReLU layer of `hidden` units and one output: the relation score's logit."""
+
+    def __init__(self, in_shape: tuple[int, int, int], filters: int, hidden: int):
+        super().__init__()
+        channels, height, width = in_shape
+
+        def block(c_in: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(c_in, filters, 3, padding=1), nn.BatchNorm2d(filters), nn.ReLU(inplace=True),
+                                 nn.MaxPool2d(2, ceil_mode=True))
+
+        self.blocks = nn.Sequential(block(2 * channels), block(filters))
+        cells = (-(-height // 4)) * (-(-width // 4))  # ceil: the pools keep a 1x1 map from small inputs
+        self.score = nn.Sequential(nn.Flatten(), nn.Linear(filters * cells, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1))
+
+    def forward(self, pairs: Tensor) -> Tensor:  # [P, 2C, h, w] -> [P]
+        return self.score(self.blocks(pairs)).squeeze(-1)

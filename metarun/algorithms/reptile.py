@@ -1,0 +1,126 @@
+"""Reptile (Nichol et al. 2018): adapt without a graph, then move the initialisation toward the
+adapted weights."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad_and_value
+
+from metarun.algorithms.base import StepOutput
+from metarun.algorithms.maml import MAML, Params, TaskBatching, TaskOutput, recorded, step_metrics
+from metarun.episodes import EpisodeBatch
+from metarun.errors import MetarunError
+from metarun.tasks import Task
+
+
+class Reptile(MAML):
+    """Several inner steps of Adam (beta1 = 0, as the paper's code) or SGD on minibatches of each
+    task's images, without an outer graph; the meta-gradient is theta minus the adapted weights,
+    averaged over the meta-batch, so the outer optimiser is the paper's interpolation: plain SGD
+    with the outer step size as its learning rate, annealed linearly (scheduler=linear).
+
+    In training a task's data is every image of the episode (support and query: the paper's
+    train_shots = episode.shots + episode.train_queries); at evaluation the support set alone,
+    with eval_inner_steps steps of eval_inner_batch_size images, then the queries are scored in
+    one batch (the paper's transductive setting, as MAML's evaluation is).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        ways: int,
+        task: Task | None = None,
+        inner_lr: float = 0.001,
+        inner_steps: int = 5,
+        eval_inner_steps: int = 50,
+        inner_batch_size: int = 10,
+        eval_inner_batch_size: int = 5,
+        inner_optimizer: Literal["adam", "sgd"] = "adam",
+        task_batching: TaskBatching = "loop",
+    ):
+        super().__init__(backbone, ways, task, inner_lr, inner_steps, eval_inner_steps, task_batching=task_batching)
+        if inner_optimizer not in ("adam", "sgd"):
+            raise MetarunError(f"algo.inner_optimizer={inner_optimizer!r} is not known; use adam or sgd")
+        if min(inner_batch_size, eval_inner_batch_size) < 1:
+            raise MetarunError("algo.inner_batch_size and algo.eval_inner_batch_size must be at least 1")
+        self.inner_batch_size = inner_batch_size
+        self.eval_inner_batch_size = eval_inner_batch_size
+        self.inner_optimizer = inner_optimizer
+
+    def step(self, batch: EpisodeBatch, train: bool) -> StepOutput:
+        if train:
+            x = torch.cat([batch.support_x, batch.query_x], dim=1)
+            y = torch.cat([batch.support_y, batch.query_y], dim=1)
+            steps, batch_size = self.inner_steps, self.inner_batch_size
+        else:
+            x, y = batch.support_x, batch.support_y
+            steps, batch_size = self.eval_inner_steps, self.eval_inner_batch_size
+        order = minibatch_order(batch.tasks, x.shape[1], steps, batch_size, x.device)
+        task = partial(self.task_loss, steps=steps, train=train)
+        output = self.run_tasks(task, (x, y, batch.query_x, batch.query_y, order), train)
+        if train:
+            self.meta_steps += 1
+        return output
+
+    def task_loss(self, x: Tensor, y: Tensor, query_x: Tensor, query_y: Tensor, order: Tensor, steps: int, train: bool) -> TaskOutput:
+        """x, y: the task's data [M, ...]; order: image indices per inner step [steps, B].
+
+        Training returns sum(theta * (theta - adapted)) as the objective (its gradient is
+        theta - adapted) with the inner minibatches' mean loss and metric; evaluation returns
+        the query metrics after the recorded inner steps."""
+        initial = self.fast_weights()
+        fast = {name: p.detach() for name, p in initial.items()}
+        moments: dict[str, Params] = {}
+        inner, metrics, predictions = [], {}, {}
+        for k in range(steps + 1):
+            if not train and recorded(k, steps):
+                out = functional_call(self.learner, fast, (query_x,))
+                loss = self.task.loss(out, query_y)
+                metrics |= step_metrics(self.task, out, query_y, loss, k)
+                predictions[k] = out
+            if k < steps:
+                with torch.no_grad():  # no outer graph: Reptile needs only the adapted weights
+                    grads, (batch_loss, batch_out) = grad_and_value(self._minibatch_loss, has_aux=True)(fast, x[order[k]], y[order[k]])
+                    fast = self._inner_step(fast, grads, moments, k)
+                inner.append({"loss": batch_loss, **self.task.metrics(batch_out, y[order[k]])})
+        if train:
+            objective = sum((p * (p.detach() - fast[name])).sum() for name, p in initial.items())
+            return objective, {name: torch.stack([m[name] for m in inner]).mean() for name in inner[0]}
+        metrics |= {"loss": loss, **self.task.metrics(out, query_y)}
+        return loss, metrics, predictions
+
+    def _minibatch_loss(self, fast: Params, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """The loss, and the predictions as an auxiliary output."""
+        out = functional_call(self.learner, fast, (x,))
+        return self.task.loss(out, y), out.detach()
+
+    def _inner_step(self, fast: Params, grads: Params, moments: dict[str, Params], k: int) -> Params:
+        if self.inner_optimizer == "sgd":
+            return {name: p - self.inner_lr * grads[name] for name, p in fast.items()}
+        return adam_step(fast, grads, moments, k, self.inner_lr)
+
+
+def adam_step(params: Params, grads: Params, moments: dict[str, Params], k: int, lr: float,
+              betas: tuple[float, float] = (0.0, 0.999), eps: float = 1e-8) -> Params:
+    """Step k (from 0) of Adam on a parameter dict; `moments` holds "m" and "v" between steps."""
+    beta1, beta2 = betas
+    m = {n: beta1 * moments["m"][n] + (1 - beta1) * g if moments else (1 - beta1) * g for n, g in grads.items()}
+    v = {n: beta2 * moments["v"][n] + (1 - beta2) * g * g if moments else (1 - beta2) * g * g for n, g in grads.items()}
+    moments.update(m=m, v=v)
+    t = k + 1
+    scale = lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
+    return {n: p - scale * m[n] / (v[n].sqrt() + eps) for n, p in params.items()}
+
+
+def minibatch_order(tasks: int, size: int, steps: int, batch_size: int, device: torch.device) -> Tensor:
+    """Image indices for each task's inner steps [T, steps, B]: passes over the task's `size`
+    images in a fresh random order each, cut into minibatches of B = min(batch_size, size)."""
+    batch_size = min(batch_size, size)
+    passes = math.ceil(steps * batch_size / size)
+    order = torch.rand(tasks, passes, size, device=device).argsort(dim=-1).flatten(1)
+    return order[:, : steps * batch_size].reshape(tasks, steps, batch_size)
