@@ -65,7 +65,7 @@ def test_reptile_vmap_equals_the_loop_and_adam_moves_toward_lower_loss():
     vmapped = meta_gradient(Reptile(tiny_conv(), ways=3, inner_batch_size=4, inner_steps=4, task_batching="vmap").double(), batch)
     torch.testing.assert_close(vmapped, loop)
     # Evaluation: Adam steps on the support set lower its loss (scored here as the query set).
-    algorithm = Reptile(tiny_conv(), ways=3, inner_lr=0.01, eval_inner_steps=20).double().eval()
+    algorithm = Reptile(tiny_conv(), ways=3, inner_lr=0.01, eval_inner_steps=20, eval_curve=True).double().eval()
     support_as_query = type(batch)(batch.support_x, batch.support_y, batch.support_x, batch.support_y, batch.classes)
     with torch.no_grad():
         output = algorithm.step(support_as_query, train=False)

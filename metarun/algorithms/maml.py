@@ -35,7 +35,9 @@ class MAML(Algorithm):
     first_order: drop the second-order terms (FOMAML): the meta-gradient is the query-loss
     gradient at the adapted weights;
     task_batching: "loop" adapts the tasks one by one with a backward per task (least memory,
-    fastest on a small CPU); "vmap" vectorises them with torch.func.vmap (fills a GPU).
+    fastest on a small CPU); "vmap" vectorises them with torch.func.vmap (fills a GPU);
+    eval_curve: at evaluation also score the queries after each of the first ten inner steps
+    (metrics "acc@k", a forward pass of the queries per step), not only after the last.
 
     MAML++ options, each usable alone (cosine annealing of the outer rate is `scheduler=cosine`):
     multi_step_loss_steps > 0: the objective weighs the query loss after every inner step,
@@ -55,6 +57,7 @@ class MAML(Algorithm):
         eval_inner_steps: int = 3,
         first_order: bool = False,
         task_batching: TaskBatching = "loop",
+        eval_curve: bool = False,
         multi_step_loss_steps: int = 0,
         multi_step_loss_floor: float = 0.03,
         learn_inner_lr: bool = False,
@@ -74,6 +77,7 @@ class MAML(Algorithm):
         self.eval_inner_steps = eval_inner_steps
         self.first_order = first_order
         self.task_batching = task_batching
+        self.eval_curve = eval_curve
         self.multi_step_loss_steps = multi_step_loss_steps
         self.multi_step_loss_floor = multi_step_loss_floor
         self.first_order_steps = first_order_steps
@@ -123,8 +127,8 @@ class MAML(Algorithm):
         """Adapt on one task's support set, score its query set.
 
         support_x: [N*K, ...], query_x: [N*Q, ...]. The objective is the query loss after
-        `steps` inner steps, or the multi-step mix; at evaluation the metrics are also recorded
-        after each of the first inner steps ("acc@0", "acc@1", ...).
+        `steps` inner steps, or the multi-step mix; at evaluation the metrics are recorded after
+        the last step ("acc@<steps>") and, with eval_curve, after the first ten.
         """
         support, query = self.features(support_x), self.features(query_x)
         weights = self.query_loss_weights(steps) if train else None
@@ -132,7 +136,7 @@ class MAML(Algorithm):
         fast = self.fast_weights()
         objective, metrics, predictions = 0.0, {}, {}
         for k in range(steps + 1):
-            if weights[k] > 0 if train else recorded(k, steps):
+            if weights[k] > 0 if train else self.recorded(k, steps):
                 out = self.forward_at(fast, query, k)
                 loss = self.task.loss(out, query_y)
                 if train:
@@ -146,6 +150,10 @@ class MAML(Algorithm):
         if train:
             return objective, metrics
         return loss.detach(), metrics, predictions
+
+    def recorded(self, k: int, steps: int) -> bool:
+        """Whether evaluation scores the queries after k inner steps."""
+        return k == steps or (self.eval_curve and k <= 10)
 
     def query_loss_weights(self, steps: int) -> list[float]:
         """The weight of the query loss after k = 0..steps inner steps in the training objective."""
@@ -226,11 +234,6 @@ def multi_step_weights(steps: int, progress: float, floor: float = 0.03) -> list
     early = max((1 - progress) / steps, floor / steps)
     last = min((1 + progress * (steps - 1)) / steps, 1 - (steps - 1) * floor / steps)
     return [early] * (steps - 1) + [last]
-
-
-def recorded(k: int, steps: int) -> bool:
-    """Inner steps at which evaluation records the query metrics: the first ten, and the last."""
-    return k <= 10 or k == steps
 
 
 def step_metrics(task: Task, out: Tensor, targets: Tensor, loss: Tensor, k: int) -> dict[str, Tensor]:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value
 
 from metarun.algorithms.base import StepOutput
-from metarun.algorithms.maml import MAML, Params, TaskBatching, TaskOutput, recorded, step_metrics
+from metarun.algorithms.maml import MAML, Params, TaskBatching, TaskOutput, step_metrics
 from metarun.episodes import EpisodeBatch
 from metarun.errors import MetarunError
 from metarun.tasks import Task
@@ -42,8 +42,10 @@ class Reptile(MAML):
         eval_inner_batch_size: int = 5,
         inner_optimizer: Literal["adam", "sgd"] = "adam",
         task_batching: TaskBatching = "loop",
+        eval_curve: bool = False,
     ):
-        super().__init__(backbone, ways, task, inner_lr, inner_steps, eval_inner_steps, task_batching=task_batching)
+        super().__init__(backbone, ways, task, inner_lr, inner_steps, eval_inner_steps, task_batching=task_batching,
+                         eval_curve=eval_curve)
         if inner_optimizer not in ("adam", "sgd"):
             raise MetarunError(f"algo.inner_optimizer={inner_optimizer!r} is not known; use adam or sgd")
         if min(inner_batch_size, eval_inner_batch_size) < 1:
@@ -78,7 +80,7 @@ class Reptile(MAML):
         moments: dict[str, Params] = {}
         inner, metrics, predictions = [], {}, {}
         for k in range(steps + 1):
-            if not train and recorded(k, steps):
+            if not train and self.recorded(k, steps):
                 out = functional_call(self.learner, fast, (query_x,))
                 loss = self.task.loss(out, query_y)
                 metrics |= step_metrics(self.task, out, query_y, loss, k)
