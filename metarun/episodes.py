@@ -1,8 +1,9 @@
 """Episodes: the EpisodeBatch contract, the seeded training sampler and the fixed evaluation sets.
 
 A data split is an EpisodeSource: it draws episodes as small CPU tensors (image indices, or a
-curve's parameters) and turns drawn episodes into an EpisodeBatch on the training device. The
-sampler and the fixed sets own the random generators, so any source is seeded and resumable.
+curve's parameters) and turns drawn episodes into their examples on the training device; the
+split into support and query sets happens here and nowhere else. The sampler and the fixed sets
+own the random generators, so any source is seeded and resumable.
 """
 
 from __future__ import annotations
@@ -61,6 +62,35 @@ class EpisodeBatch:
 Draws = tuple[Tensor, ...]  # drawn episodes: CPU tensors whose first dim is the episode
 
 
+@dataclass
+class Examples:
+    """Drawn episodes before the support/query split, K+Q examples per class (support first).
+
+    x: [E, N, K+Q, *input_shape]
+    y: [E, N, K+Q, D] regression targets, or None for classification (the label is the way)
+    classes: [E, N] the split's class ids, or None
+    """
+
+    x: Tensor
+    y: Tensor | None = None
+    classes: Tensor | None = None
+
+
+def split_support_query(examples: Examples, shots: int) -> EpisodeBatch:
+    """The first `shots` examples of each class form the support set, the rest the queries."""
+    x, y = examples.x, examples.y
+    if y is None:  # classification: episode-local labels 0..N-1
+        episodes, ways, per_class = x.shape[:3]
+        y = torch.arange(ways, device=x.device).view(1, ways, 1).expand(episodes, ways, per_class)
+    return EpisodeBatch(
+        support_x=x[:, :, :shots].flatten(1, 2),
+        support_y=y[:, :, :shots].flatten(1, 2),
+        query_x=x[:, :, shots:].flatten(1, 2),
+        query_y=y[:, :, shots:].flatten(1, 2),
+        classes=examples.classes,
+    )
+
+
 class EpisodeSource(Protocol):
     """One split of a data set, as the sampler and the fixed evaluation sets see it."""
 
@@ -70,8 +100,8 @@ class EpisodeSource(Protocol):
     def draw(self, spec: EpisodeSpec, episodes: int, generator: torch.Generator) -> Draws:
         """Choose `episodes` episodes with `generator` (and no other randomness)."""
 
-    def batch(self, draws: Draws, spec: EpisodeSpec) -> EpisodeBatch:
-        """Build the episodes `draws` describes on the source's device."""
+    def examples(self, draws: Draws) -> Examples:
+        """The examples of the episodes `draws` describes, on the source's device."""
 
     def check(self, spec: EpisodeSpec, split_name: str, data_name: str, key_prefix: str) -> None:
         """Raise MetarunError if no episode of `spec` can be drawn from this split."""
@@ -105,7 +135,8 @@ class EpisodeSampler:
         if self.repeat_every and self.drawn % self.repeat_every == 0:
             self.generator.set_state(self.initial_state)
         self.drawn += 1
-        return self.source.batch(self.source.draw(self.spec, tasks, self.generator), self.spec)
+        draws = self.source.draw(self.spec, tasks, self.generator)
+        return split_support_query(self.source.examples(draws), self.spec.shots)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "drawn": self.drawn}
@@ -134,4 +165,4 @@ class FixedEpisodes:
     def batches(self, tasks_per_batch: int) -> Iterator[EpisodeBatch]:
         for start in range(0, len(self), tasks_per_batch):
             draws = tuple(drawn[start : start + tasks_per_batch] for drawn in self.draws)
-            yield self.source.batch(draws, self.spec)
+            yield split_support_query(self.source.examples(draws), self.spec.shots)

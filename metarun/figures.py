@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from matplotlib.figure import Figure
 
-from metarun.episodes import EpisodeSpec, derive_seed
+from metarun.episodes import EpisodeSpec, derive_seed, split_support_query
 
 
 class SinusoidFits:
@@ -20,11 +20,11 @@ class SinusoidFits:
         grid = torch.linspace(*tasks.x_range, points).view(1, points, 1)
         self.tasks = tasks
         self.draws = (amplitude, phase, torch.cat([x, grid], dim=1))
-        self.spec = EpisodeSpec(1, shots, points)
+        self.shots = shots
 
     def __call__(self, algorithm) -> Figure | None:
         """Called in eval mode under torch.no_grad(); None for a method without inner steps."""
-        batch = self.tasks.batch(self.draws, self.spec)
+        batch = split_support_query(self.tasks.examples(self.draws), shots=self.shots)
         predictions = algorithm.step(batch, train=False).predictions
         if not predictions:
             return None
@@ -36,7 +36,7 @@ class SinusoidFits:
         for step, style in zip(shown, (":", "--", "-")):
             axes.plot(grid, predictions[step][0, :, 0].cpu(), style, label=f"after {step} step{'s' * (step != 1)}")
         axes.plot(batch.support_x[0, :, 0].cpu(), batch.support_y[0, :, 0].cpu(), "^", color="tab:purple", label="support points")
-        axes.set(xlabel="x", ylabel="y", title=f"{self.spec.shots}-shot sinusoid regression")
+        axes.set(xlabel="x", ylabel="y", title=f"{self.shots}-shot sinusoid regression")
         axes.legend(loc="lower right", fontsize="small")
         figure.tight_layout()
         return figure

@@ -12,7 +12,7 @@ from PIL import Image
 from metarun.algorithms import MAML, Pretrain, ProtoNet
 from metarun.build import train
 from metarun.data.sinusoid import SinusoidTasks, curve, make_sinusoid
-from metarun.episodes import EpisodeSampler, EpisodeSpec, FixedEpisodes
+from metarun.episodes import EpisodeSampler, EpisodeSpec, FixedEpisodes, split_support_query
 from metarun.errors import MetarunError
 from metarun.models import MLP, Conv4
 from metarun.results import summarize
@@ -30,7 +30,7 @@ def test_sinusoid_episodes_have_the_paper_s_ranges_and_lie_on_one_curve_per_task
     assert 0.1 <= amplitude.min() and amplitude.max() <= 5.0 and amplitude.max() > 4.5
     assert 0 <= phase.min() and phase.max() <= math.pi
     assert -5 <= x.min() and x.max() <= 5
-    batch = tasks.batch((amplitude, phase, x), SPEC)
+    batch = split_support_query(tasks.examples((amplitude, phase, x)), SPEC.shots)
     assert batch.support_x.shape == (500, 10, 1) and batch.query_y.shape == (500, 15, 1) and batch.classes is None
     expected = amplitude.view(-1, 1, 1) * torch.sin(x - phase.view(-1, 1, 1))
     torch.testing.assert_close(torch.cat([batch.support_y, batch.query_y], dim=1), expected)

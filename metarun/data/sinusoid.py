@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from metarun.data.split import DataSplits
-from metarun.episodes import EpisodeBatch, EpisodeSpec
+from metarun.episodes import EpisodeSpec, Examples
 from metarun.tasks import Regression
 
 
@@ -35,10 +35,10 @@ class SinusoidTasks:
         x = _uniform(self.x_range, (episodes, spec.images_per_class, 1), generator)
         return amplitude, phase, x
 
-    def batch(self, draws: tuple[Tensor, Tensor, Tensor], spec: EpisodeSpec) -> EpisodeBatch:
+    def examples(self, draws: tuple[Tensor, Tensor, Tensor]) -> Examples:
+        """Points [E, 1, K+Q, 1] on each curve: one "class" per episode."""
         amplitude, phase, x = (drawn.to(self.device) for drawn in draws)
-        y = curve(amplitude, phase, x)
-        return EpisodeBatch(x[:, : spec.shots], y[:, : spec.shots], x[:, spec.shots :], y[:, spec.shots :])
+        return Examples(x[:, None], curve(amplitude, phase, x)[:, None])
 
     def check(self, spec: EpisodeSpec, split_name: str, data_name: str, key_prefix: str = "") -> None:
         """Any number of points can be drawn from a curve."""

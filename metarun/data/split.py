@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from metarun.episodes import EpisodeBatch, EpisodeSource, EpisodeSpec
+from metarun.episodes import EpisodeSource, EpisodeSpec, Examples
 from metarun.errors import MetarunError
 from metarun.tasks import Classification
 
@@ -85,17 +85,10 @@ class ImageSplit:
         positions = keys.argsort(dim=-1)[..., : spec.images_per_class]  # [E, N, K+Q]
         return self.offsets[classes][..., None] + positions, classes
 
-    def batch(self, draws: tuple[Tensor, Tensor], spec: EpisodeSpec) -> EpisodeBatch:
-        """Gather drawn indices [E, N, K+Q] into an EpisodeBatch on the split's device."""
+    def examples(self, draws: tuple[Tensor, Tensor]) -> Examples:
+        """Gather drawn indices [E, N, K+Q] into images [E, N, K+Q, C, H, W] on the split's device."""
         indices, classes = draws
-        episodes, ways, per_class = indices.shape
-        indices = indices.to(self.device, non_blocking=True)
-        support_x = self.gather(indices[:, :, : spec.shots]).flatten(1, 2)  # [E, N*K, C, H, W]
-        query_x = self.gather(indices[:, :, spec.shots :]).flatten(1, 2)  # [E, N*Q, C, H, W]
-        labels = torch.arange(ways, device=self.device).view(1, ways, 1)
-        support_y = labels.expand(episodes, ways, spec.shots).flatten(1)  # [E, N*K]
-        query_y = labels.expand(episodes, ways, per_class - spec.shots).flatten(1)  # [E, N*Q]
-        return EpisodeBatch(support_x, support_y, query_x, query_y, classes.to(self.device))
+        return Examples(self.gather(indices.to(self.device, non_blocking=True)), classes=classes.to(self.device))
 
     def figures(self, spec: EpisodeSpec, seed: int) -> list:
         return []
