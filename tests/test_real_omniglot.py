@@ -27,10 +27,10 @@ def test_maml_learns_omniglot_5way_1shot(tmp_path):
 
 
 def test_reptile_learns_omniglot_5way_1shot(tmp_path):
-    cfg, choices = compose_run(SHORT + ["experiment=reptile_omniglot_5w1s", "trainer.steps=300", "trainer.eval_every=100",
+    cfg, choices = compose_run(SHORT + ["experiment=reptile_omniglot_5w1s", "trainer.steps=200", "trainer.eval_every=100",
                                         "algo.eval_inner_steps=20"])
     results = train(cfg, tmp_path, choices)
-    assert results["test"]["acc"] > 0.6  # chance is 0.2; the paper reaches 0.977 after 100,000 steps
+    assert results["test"]["acc"] > 0.5  # chance is 0.2; 0.63 on validation after 200 steps; the paper: 0.977 after 100,000
 
 
 def test_metasgd_learns_omniglot_5way_1shot(tmp_path):
