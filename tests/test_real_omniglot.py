@@ -44,10 +44,8 @@ def test_metasgd_learns_omniglot_5way_1shot(tmp_path):
     ("matchingnet", []),
     ("relationnet", ["backbone=relationnet_embedding"]),
     ("siamese", []),
-    ("baseline", ["episode.train_ways=20"]),
-    ("baselinepp", ["episode.train_ways=20"]),
 ])
-def test_metric_and_pretraining_methods_learn_omniglot_5way_1shot(tmp_path, algo, extra):
+def test_metric_methods_learn_omniglot_5way_1shot(tmp_path, algo, extra):
     cfg, choices = compose_run(SHORT + [f"algo={algo}", *extra, "trainer.steps=300", "trainer.meta_batch_size=4",
                                         "trainer.eval_every=100"])
     results = train(cfg, tmp_path, choices)
