@@ -55,6 +55,16 @@ def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
     return (logits.argmax(dim=-1) == labels).float().mean(dim=-1)
 
 
+def embed_episodes(backbone: nn.Module, batch: EpisodeBatch) -> tuple[Tensor, Tensor]:
+    """Embed every support and query image of the meta-batch in one forward pass:
+    support [T, N*K, F] and query [T, N*Q, F] features."""
+    tasks, n_support = batch.support_y.shape
+    images = torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])
+    embeddings = backbone(images)
+    support = embeddings[: tasks * n_support].view(tasks, n_support, -1)
+    return support, embeddings[tasks * n_support :].view(tasks, batch.query_y.shape[1], -1)
+
+
 def class_means(embeddings: Tensor, labels: Tensor, ways: int) -> Tensor:
     """Mean embedding per class: embeddings [T, S, F], labels [T, S] in 0..N-1 -> [T, N, F]."""
     one_hot = torch.nn.functional.one_hot(labels, ways).to(embeddings.dtype)  # [T, S, N]

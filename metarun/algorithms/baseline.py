@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metarun.algorithms.base import Algorithm, StepOutput, accuracy, require_classification
+from metarun.algorithms.base import Algorithm, StepOutput, accuracy, embed_episodes, require_classification
 from metarun.episodes import EpisodeBatch
 from metarun.errors import MetarunError
 from metarun.tasks import Classification, Task
@@ -65,11 +65,7 @@ class Baseline(Algorithm):
         return StepOutput(loss.mean(), {"loss": loss.detach(), "acc": accuracy(logits, global_labels).detach()})
 
     def _embed(self, batch: EpisodeBatch) -> tuple[Tensor, Tensor]:
-        tasks, n_support = batch.support_y.shape
-        images = torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])
-        embeddings = self.backbone(images)
-        support = embeddings[: tasks * n_support].view(tasks, n_support, -1)  # [T, N*K, F]
-        return support, embeddings[tasks * n_support :].view(tasks, -1, support.shape[-1])  # and [T, N*Q, F]
+        return embed_episodes(self.backbone, batch)
 
     def finetune(self, support: Tensor, labels: Tensor, ways: int) -> nn.Module:
         """A new head per episode, fitted to support features [T, S, F]; the episodes' losses are

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metarun.algorithms.base import Algorithm, StepOutput, accuracy, require_classification
+from metarun.algorithms.base import Algorithm, StepOutput, accuracy, embed_episodes, require_classification
 from metarun.episodes import EpisodeBatch
 from metarun.tasks import Classification, Task
 
@@ -34,11 +34,7 @@ class MatchingNet(Algorithm):
         return StepOutput(loss.mean(), {"loss": loss.detach(), "acc": accuracy(log_probs, batch.query_y).detach()})
 
     def log_probabilities(self, batch: EpisodeBatch) -> Tensor:
-        tasks, n_support = batch.support_y.shape
-        images = torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])
-        embeddings = self.backbone(images)  # one forward pass for the whole meta-batch
-        support = embeddings[: tasks * n_support].view(tasks, n_support, -1)  # [T, N*K, F]
-        query = embeddings[tasks * n_support :].view(tasks, batch.query_y.shape[1], -1)  # [T, N*Q, F]
+        support, query = embed_episodes(self.backbone, batch)  # [T, N*K, F], [T, N*Q, F]
         if self.fce is not None:
             support, query = self.fce(support, query)
         attention = (cosine_similarities(query, support) / self.temperature).softmax(dim=-1)  # [T, N*Q, N*K]

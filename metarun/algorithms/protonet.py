@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metarun.algorithms.base import Algorithm, StepOutput, accuracy, class_means, require_classification
+from metarun.algorithms.base import Algorithm, StepOutput, accuracy, class_means, embed_episodes, require_classification
 from metarun.episodes import EpisodeBatch
 from metarun.tasks import Classification, Task
 
@@ -27,11 +26,7 @@ class ProtoNet(Algorithm):
 
     def logits(self, batch: EpisodeBatch) -> Tensor:
         """[T, N*Q, N]: one forward pass embeds every support and query image of the meta-batch."""
-        tasks, n_support = batch.support_y.shape
-        images = torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])  # [T*(N*K + N*Q), C, H, W]
-        embeddings = self.backbone(images)
-        support = embeddings[: tasks * n_support].view(tasks, n_support, -1)  # [T, N*K, F]
-        query = embeddings[tasks * n_support :].view(tasks, batch.query_y.shape[1], -1)  # [T, N*Q, F]
+        support, query = embed_episodes(self.backbone, batch)  # [T, N*K, F], [T, N*Q, F]
         prototypes = class_means(support, batch.support_y, batch.ways)  # [T, N, F]
         return -squared_distances(query, prototypes)
 

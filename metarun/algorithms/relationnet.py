@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metarun.algorithms.base import Algorithm, StepOutput, accuracy, require_classification
+from metarun.algorithms.base import Algorithm, StepOutput, accuracy, embed_episodes, require_classification
 from metarun.episodes import EpisodeBatch
 from metarun.errors import MetarunError
 from metarun.tasks import Classification, Task
@@ -45,12 +45,9 @@ class RelationNet(Algorithm):
         return StepOutput(loss.mean(), {"loss": loss.detach(), "acc": accuracy(logits, batch.query_y).detach()})
 
     def relation_logits(self, batch: EpisodeBatch) -> Tensor:
-        tasks, n_support = batch.support_y.shape
-        n_query, ways = batch.query_y.shape[1], batch.ways
-        images = torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])
-        maps = self.backbone(images).view(-1, *self.backbone.out_shape)  # [T*(S+M), C, h, w]
-        support = maps[: tasks * n_support].view(tasks, n_support, -1)
-        query = maps[tasks * n_support :].view(tasks, n_query, *self.backbone.out_shape)
+        tasks, n_query, ways = batch.tasks, batch.query_y.shape[1], batch.ways
+        support, query = embed_episodes(self.backbone, batch)  # flattened maps [T, S, C*h*w], [T, M, C*h*w]
+        query = query.view(tasks, n_query, *self.backbone.out_shape)
         one_hot = F.one_hot(batch.support_y, ways).to(support.dtype)  # [T, S, N]
         classes = (one_hot.transpose(1, 2) @ support).view(tasks, ways, *self.backbone.out_shape)  # sums over shots
         pairs = torch.cat([

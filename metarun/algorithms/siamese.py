@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metarun.algorithms.base import Algorithm, StepOutput, accuracy, require_classification
+from metarun.algorithms.base import Algorithm, StepOutput, accuracy, embed_episodes, require_classification
 from metarun.episodes import EpisodeBatch
 from metarun.tasks import Classification, Task
 
@@ -34,12 +34,8 @@ class Siamese(Algorithm):
         return StepOutput(loss.mean(), {"loss": loss.detach(), "acc": accuracy(class_scores, batch.query_y).detach()})
 
     def pair_logits(self, batch: EpisodeBatch) -> Tensor:
-        tasks, n_support = batch.support_y.shape
-        images = torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])
-        embeddings = self.backbone(images)
-        support = embeddings[: tasks * n_support].view(tasks, 1, n_support, -1)
-        query = embeddings[tasks * n_support :].view(tasks, -1, 1, embeddings.shape[-1])
-        return self.similarity_logits(query, support)
+        support, query = embed_episodes(self.backbone, batch)  # [T, N*K, F], [T, N*Q, F]
+        return self.similarity_logits(query[:, :, None], support[:, None])
 
     def similarity_logits(self, a: Tensor, b: Tensor) -> Tensor:
         """The pair's logit from embeddings a, b [..., F] (broadcast) -> [...]; symmetric in a, b."""
