@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import random
 from pathlib import Path
@@ -16,6 +17,8 @@ import metarun
 from metarun.data import DataSplits
 from metarun.episodes import EpisodeSampler, EpisodeSpec, FixedEpisodes
 from metarun.errors import MetarunError
+from metarun.models.pretrained import Frozen, load_weights
+from metarun.tasks import Task
 from metarun.trainer import LoopSettings, Trainer
 
 
@@ -31,10 +34,12 @@ def build_trainer(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> Tr
     train_spec, eval_spec = episode_specs(cfg.episode)
     settings = loop_settings(cfg.trainer)
     seed_everything(cfg.seed)
+    if cfg.get("deterministic"):
+        use_deterministic_kernels()
     splits: DataSplits = make(cfg, "data")
     check_splits(splits, train_spec, eval_spec, choices.get("data", "the data set"))
     splits = splits.to(device)
-    algorithm = build_algorithm(cfg, splits, device, choices)
+    algorithm = build_algorithm(cfg, splits.train.input_shape, splits.task, device, choices)
     optimizer = make(cfg, "optim")(algorithm.parameters())
     scheduler = make(cfg, "scheduler")(optimizer) if cfg.get("scheduler") else None
     prepare_run_dir(run_dir)
@@ -50,14 +55,15 @@ def build_trainer(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> Tr
         logger=make(cfg, "logger", log_dir=run_dir / "tb"),
         monitor=(splits.task.monitor, splits.task.higher_is_better),
         figures=splits.test.figures(eval_spec, cfg.eval_seed),
-        metadata=run_metadata(cfg, choices, device, splits.task.name),
+        metadata=run_metadata(cfg, choices, device, splits),
         hparams=run_hparams(cfg, choices),
     )
 
 
-def build_algorithm(cfg: DictConfig, splits: DataSplits, device: torch.device, choices: dict[str, str]):
-    backbone = make(cfg, "backbone", input_shape=splits.train.input_shape)
-    extra = {"task": splits.task}
+def build_algorithm(cfg: DictConfig, input_shape: tuple[int, ...], task: Task, device: torch.device, choices: dict[str, str]):
+    """The configured algorithm around its backbone, for inputs of `input_shape` and `task`."""
+    backbone = build_backbone(cfg.backbone, input_shape)
+    extra = {"task": task}
     if cfg.algo.get("ways") is not None and cfg.episode.train_ways != cfg.episode.ways:
         raise MetarunError(
             f"algo={choices.get('algo')} has a head of episode.ways={cfg.episode.ways} outputs, "
@@ -66,7 +72,20 @@ def build_algorithm(cfg: DictConfig, splits: DataSplits, device: torch.device, c
     if cfg.algo.get("task_batching") == "auto":
         # Measured in benchmarks/: a per-task loop is fastest on a small CPU, vmap fills a GPU.
         extra["task_batching"] = "vmap" if device.type == "cuda" else "loop"
-    return make(cfg, "algo", backbone=backbone, **extra).to(device)
+    algorithm = make(cfg, "algo", backbone=backbone, **extra).to(device)
+    if not any(p.requires_grad for p in algorithm.parameters()):
+        raise MetarunError(f"backbone.freeze=true leaves algo={choices.get('algo')} nothing to train; "
+                           "freeze the backbone only for methods with a head (baseline, maml, anil, ...)")
+    return algorithm
+
+
+def build_backbone(backbone_cfg: DictConfig, input_shape: tuple[int, ...]):
+    """The backbone for inputs of `input_shape`, started from `weights` (a local file) and frozen if asked."""
+    settings = {key: value for key, value in backbone_cfg.items() if key not in ("weights", "freeze")}
+    backbone = make({"backbone": OmegaConf.create(settings)}, "backbone", input_shape=input_shape)
+    if backbone_cfg.get("weights"):
+        load_weights(backbone, backbone_cfg.weights)
+    return Frozen(backbone) if backbone_cfg.get("freeze") else backbone
 
 
 def make(cfg: DictConfig, key: str, **kwargs):
@@ -96,6 +115,9 @@ def episode_specs(episode: DictConfig) -> tuple[EpisodeSpec, EpisodeSpec]:
 
 def check_settings(cfg: DictConfig) -> None:
     """Reject values no run can use, naming the key, the value and what is allowed."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise MetarunError(f"{missing[0]} has no value (???); give it on the command line: {missing[0]}=...")
     rules = [
         ("episode.ways", 1, "at least 1"),  # classification asks for 2 (ImageSplit.check)
         ("episode.train_ways", 1, "at least 1"),
@@ -147,6 +169,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def use_deterministic_kernels() -> None:
+    """torch.use_deterministic_algorithms, warning (not failing) on an op that has no deterministic kernel."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS repeats its sums only with a fixed workspace
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
 def prepare_run_dir(run_dir: Path) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -156,12 +185,15 @@ def prepare_run_dir(run_dir: Path) -> None:
         raise MetarunError(f"the run folder {run_dir} cannot be written ({error.strerror}); choose another with hydra.run.dir=...") from None
 
 
-def run_metadata(cfg: DictConfig, choices: dict[str, str], device: torch.device, task: str) -> dict:
-    """What results.json says about the run besides its numbers."""
+def run_metadata(cfg: DictConfig, choices: dict[str, str], device: torch.device, splits: DataSplits) -> dict:
+    """What results.json (and every checkpoint) says about the run besides its numbers; `input`
+    and `classes` let metarun-predict rebuild the model without the data set."""
     return {
         "algorithm": choices.get("algo"),
         "data": choices.get("data"),
-        "task": task,
+        "task": splits.task.name,
+        "classes": getattr(splits.task, "classes", None),
+        "input": getattr(splits.test, "input_format", None),
         "backbone": choices.get("backbone"),
         "ways": cfg.episode.ways,
         "shots": cfg.episode.shots,

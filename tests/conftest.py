@@ -14,6 +14,7 @@ from metarun.cli import config_dir
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("METARUN_SHARED_DATA", REPO.parent / "shared" / "data"))
 OMNIGLOT = SHARED_DATA / "omniglot"
+CIFAR100 = SHARED_DATA / "cifar100"
 
 CONFIGS_EXPERIMENTS = sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("*.yaml"))
 
@@ -44,3 +45,7 @@ def smoke_cfg():
 
 def requires_omniglot():
     return pytest.mark.skipif(not OMNIGLOT.exists(), reason=f"real Omniglot not found at {OMNIGLOT}")
+
+
+def requires_cifar100():
+    return pytest.mark.skipif(not CIFAR100.exists(), reason=f"real CIFAR-100 not found at {CIFAR100}")

@@ -9,7 +9,7 @@ import torch
 from hydra.utils import instantiate
 
 from metarun.algorithms import Algorithm
-from metarun.build import build_algorithm, episode_specs
+from metarun.build import build_algorithm, build_backbone, episode_specs
 from metarun.cli import config_dir
 from metarun.data import DataSplits
 from tests.conftest import SMOKE, compose_run
@@ -42,7 +42,7 @@ REGRESSION_ONLY = {"pretrain"}
 def test_every_algorithm_instantiates_and_steps(algo):
     cfg, choices = compose_run(SMOKE + [f"algo={algo}"] + (REGRESSION if algo in REGRESSION_ONLY else []))
     splits: DataSplits = instantiate(cfg.data)
-    algorithm = build_algorithm(cfg, splits, torch.device("cpu"), choices)
+    algorithm = build_algorithm(cfg, splits.train.input_shape, splits.task, torch.device("cpu"), choices)
     assert isinstance(algorithm, Algorithm)
 
 
@@ -64,8 +64,8 @@ def test_every_option_of_the_object_groups_instantiates(group, tmp_path):
         elif group == "logger":
             instantiate(cfg.logger, log_dir=tmp_path).close()
         else:
-            input_shape = (1,) if option == "mlp" else (1, 28, 28)
-            assert instantiate(cfg.backbone, input_shape=input_shape).out_features > 0
+            input_shape = (1,) if option == "mlp" else (3, 32, 32)
+            assert build_backbone(cfg.backbone, input_shape).out_features > 0
 
 
 @pytest.mark.parametrize("trainer,device", [("default", "auto"), ("cpu", "cpu"), ("gpu", "cuda")])
@@ -86,8 +86,8 @@ def test_every_experiment_composes_and_says_where_its_number_comes_from(experime
     cfg, choices = compose_run([f"experiment={experiment}"])
     text = (CONFIGS / "experiment" / f"{experiment}.yaml").read_text()
     assert ("%" in text or "MSE" in text) and "@package _global_" in text  # the paper's number stands in a comment
-    algo, data, setting = experiment.rsplit("_", 2)
-    assert choices["algo"] == algo and choices["data"] == data
+    setting = experiment.rsplit("_", 1)[1]
+    assert experiment == f"{choices['algo']}_{choices['data'].replace('_', '')}_{setting}"  # e.g. protonet_cifarfs_5w1s
     assert setting in (f"{cfg.episode.ways}w{cfg.episode.shots}s", f"{cfg.episode.shots}shot")
 
 

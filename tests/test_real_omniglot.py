@@ -50,3 +50,12 @@ def test_metric_methods_learn_omniglot_5way_1shot(tmp_path, algo, extra):
                                         "trainer.eval_every=100"])
     results = train(cfg, tmp_path, choices)
     assert results["test"]["acc"] > 0.6  # chance is 0.2
+
+
+@pytest.mark.parametrize("algo", ["baseline", "baselinepp"])
+def test_pretrain_baselines_learn_omniglot_5way_1shot(tmp_path, algo):
+    # Pre-training classifies 4,112 classes: 60 classes x 2 images per step covers them fastest.
+    cfg, choices = compose_run(SHORT + [f"algo={algo}", "episode.train_ways=60", "episode.train_queries=1",
+                                        "trainer.steps=300", "trainer.meta_batch_size=1", "trainer.eval_every=100"])
+    results = train(cfg, tmp_path, choices)
+    assert results["test"]["acc"] > 0.5  # chance is 0.2; Baseline++ validated at 0.64 here after 300 steps

@@ -61,6 +61,16 @@ def test_same_config_and_seed_give_the_same_results(smoke_cfg, tmp_path):
     assert first["test"] == second["test"] and first["val"] == second["val"]
 
 
+def test_deterministic_kernels_are_switched_on_and_the_results_repeat(smoke_cfg, tmp_path):
+    cfg, choices = smoke_cfg("deterministic=true")
+    try:
+        first = train(cfg, tmp_path / "a", choices)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert train(cfg, tmp_path / "b", choices)["test"] == first["test"]
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
 def test_every_algorithm_and_training_seed_is_tested_on_the_same_fixed_episodes(smoke_cfg, tmp_path):
     def built(*overrides):
         cfg, choices = smoke_cfg(*overrides)
@@ -129,6 +139,9 @@ BAD_INPUTS = [
     (["trainer.resume=true"], "trainer.resume=true but there is no checkpoint at"),
     (["+trainer.patience=3"], "trainer: got an unexpected keyword argument 'patience'"),
     (["trainer.on_nonfinite=ignore"], "trainer.on_nonfinite='ignore' is not known"),
+    (["data=image_folder"], "data.root has no value \\(\\?\\?\\?\\); give it on the command line"),
+    (["data=cifar_fs", "data.augment.jitter=2"], "jitter in \\[0, 1\\)"),
+    (["backbone=resnet12", "backbone.drop_rate=1.5"], "backbone.drop_rate=1.5 is invalid"),
 ]
 
 

@@ -22,8 +22,9 @@ class StepOutput:
                  meta-gradient (it need not equal the loss: see `gradient_surrogate`).
     metrics:     per-task values [T], detached; always "loss" of the query set and the task's
                  metrics ("acc", or "mse"); "<name>@<k>" after k inner steps where there are any.
-    predictions: query predictions after k inner steps {k: [T, N*Q, outputs]} (evaluation of
-                 methods with an inner loop, at the steps they record), else None.
+    predictions: query scores {k: [T, N*Q, outputs]} after k inner steps (at the steps an
+                 inner-loop method records at evaluation; k = 0 for the other methods). For
+                 classification, scores whose softmax is the method's class distribution.
     """
 
     objective: Tensor

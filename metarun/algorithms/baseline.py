@@ -52,7 +52,7 @@ class Baseline(Algorithm):
         with torch.no_grad():
             logits = heads(query)  # [T, N*Q, N]
             loss = F.cross_entropy(logits.transpose(1, 2), batch.query_y, reduction="none").mean(1)
-        return StepOutput(loss.mean(), {"loss": loss, "acc": accuracy(logits, batch.query_y)})
+        return StepOutput(loss.mean(), {"loss": loss, "acc": accuracy(logits, batch.query_y)}, {0: logits})
 
     def _pretrain(self, batch: EpisodeBatch) -> StepOutput:
         """Cross-entropy over every training class for each image of the meta-batch."""

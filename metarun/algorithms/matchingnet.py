@@ -31,7 +31,8 @@ class MatchingNet(Algorithm):
     def step(self, batch: EpisodeBatch, train: bool) -> StepOutput:
         log_probs = self.log_probabilities(batch)  # [T, N*Q, N]
         loss = F.nll_loss(log_probs.flatten(0, 1), batch.query_y.flatten(), reduction="none").view(batch.tasks, -1).mean(1)
-        return StepOutput(loss.mean(), {"loss": loss.detach(), "acc": accuracy(log_probs, batch.query_y).detach()})
+        metrics = {"loss": loss.detach(), "acc": accuracy(log_probs, batch.query_y).detach()}
+        return StepOutput(loss.mean(), metrics, {0: log_probs.detach()})
 
     def log_probabilities(self, batch: EpisodeBatch) -> Tensor:
         support, query = embed_episodes(self.backbone, batch)  # [T, N*K, F], [T, N*Q, F]

@@ -22,7 +22,8 @@ class ProtoNet(Algorithm):
         logits = self.logits(batch)  # [T, N*Q, N]
         loss = F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten(), reduction="none")
         loss = loss.view(batch.tasks, -1).mean(dim=1)  # [T]
-        return StepOutput(loss.mean(), {"loss": loss.detach(), "acc": accuracy(logits, batch.query_y).detach()})
+        metrics = {"loss": loss.detach(), "acc": accuracy(logits, batch.query_y).detach()}
+        return StepOutput(loss.mean(), metrics, {0: logits.detach()})
 
     def logits(self, batch: EpisodeBatch) -> Tensor:
         """[T, N*Q, N]: one forward pass embeds every support and query image of the meta-batch."""

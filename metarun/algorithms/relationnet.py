@@ -42,7 +42,8 @@ class RelationNet(Algorithm):
             loss = (logits.sigmoid() - targets).pow(2).sum(-1).mean(-1)  # [T]
         else:
             loss = F.cross_entropy(logits.transpose(1, 2), batch.query_y, reduction="none").mean(-1)
-        return StepOutput(loss.mean(), {"loss": loss.detach(), "acc": accuracy(logits, batch.query_y).detach()})
+        metrics = {"loss": loss.detach(), "acc": accuracy(logits, batch.query_y).detach()}
+        return StepOutput(loss.mean(), metrics, {0: logits.detach()})
 
     def relation_logits(self, batch: EpisodeBatch) -> Tensor:
         tasks, n_query, ways = batch.tasks, batch.query_y.shape[1], batch.ways

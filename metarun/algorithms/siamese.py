@@ -31,7 +31,9 @@ class Siamese(Algorithm):
         loss = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=positive_weight, reduction="none").mean((1, 2))
         one_hot = F.one_hot(batch.support_y, batch.ways).to(logits.dtype)  # [T, N*K, N]
         class_scores = logits.sigmoid() @ one_hot / one_hot.sum(1, keepdim=True)  # mean similarity per class
-        return StepOutput(loss.mean(), {"loss": loss.detach(), "acc": accuracy(class_scores, batch.query_y).detach()})
+        metrics = {"loss": loss.detach(), "acc": accuracy(class_scores, batch.query_y).detach()}
+        scores = class_scores.detach().clamp_min(1e-12).log()  # softmax: the mean similarities, normalised
+        return StepOutput(loss.mean(), metrics, {0: scores})
 
     def pair_logits(self, batch: EpisodeBatch) -> Tensor:
         support, query = embed_episodes(self.backbone, batch)  # [T, N*K, F], [T, N*Q, F]

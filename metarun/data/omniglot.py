@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from metarun.data.cache import cached
+from metarun.data.download import downloading
 from metarun.data.split import DataSplits, ImageSplit
 from metarun.errors import MetarunError
 
@@ -138,7 +139,7 @@ def _lake_split_names(names: list[str], val_alphabets: int, split_seed: int) -> 
 
 
 def _plain(by_name: dict[str, torch.Tensor], names: list[str]) -> ImageSplit:
-    return ImageSplit.from_classes([_lookup(by_name, n) for n in names], names)
+    return ImageSplit.from_classes([_lookup(by_name, n) for n in names], names, ink=True)
 
 
 def _with_rotations(by_name: dict[str, torch.Tensor], names: list[str]) -> ImageSplit:
@@ -147,7 +148,7 @@ def _with_rotations(by_name: dict[str, torch.Tensor], names: list[str]) -> Image
         for name in names:
             per_class.append(torch.rot90(_lookup(by_name, name), quarter_turns, dims=(-2, -1)))
             class_names.append(f"{name}/rot{90 * quarter_turns}")
-    return ImageSplit.from_classes(per_class, class_names)
+    return ImageSplit.from_classes(per_class, class_names, ink=True)
 
 
 def _lookup(by_name: dict[str, torch.Tensor], name: str) -> torch.Tensor:
@@ -157,22 +158,12 @@ def _lookup(by_name: dict[str, torch.Tensor], name: str) -> torch.Tensor:
 
 
 def _download(root: Path) -> None:
-    """Fetch the official zips with torchvision; without internet, fail fast with the fixes."""
-    import socket
-
+    """Fetch the official zips with torchvision."""
     from torchvision.datasets import Omniglot
     from torchvision.datasets.utils import download_url
 
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(10)
-    try:
+    fix = "copy images_background.zip and images_evaluation.zip there and set data.download=false"
+    with downloading("Omniglot", root, fix):
         for part in PARTS:
             if not (root / f"{part}.zip").exists() and not (root / part).exists():
                 download_url(f"{Omniglot.download_url_prefix}/{part}.zip", str(root))
-    except Exception as error:  # any network failure becomes the same actionable line
-        raise MetarunError(
-            f"could not download Omniglot into {root} ({type(error).__name__}: {error}); "
-            "copy images_background.zip and images_evaluation.zip there and set data.download=false"
-        ) from None
-    finally:
-        socket.setdefaulttimeout(previous)

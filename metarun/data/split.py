@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from metarun.data.augment import Augmentation
 from metarun.episodes import EpisodeSource, EpisodeSpec, Examples
 from metarun.errors import MetarunError
 from metarun.tasks import Classification
@@ -24,6 +25,8 @@ class ImageSplit:
     images:  uint8 [M, C, H, W], the images of class c at offsets[c] : offsets[c] + counts[c]
     offsets: long [num_classes] (CPU), counts: long [num_classes] (CPU)
     mean, std: per-channel statistics applied when images become floats in [0, 1]
+    augment: random crop / flip / jitter drawn with each episode (training splits only), or None
+    ink: the images are ink on paper stored as 255 - grey (Omniglot), so new images are inverted too
     """
 
     images: Tensor
@@ -32,6 +35,8 @@ class ImageSplit:
     class_names: list[str]
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
+    augment: Augmentation | None = None
+    ink: bool = False
 
     def __post_init__(self):
         # Kept on the images' device so that a gather makes no host-to-device copy.
@@ -39,11 +44,11 @@ class ImageSplit:
         self._std = torch.tensor(self.std, device=self.device).view(-1, 1, 1)
 
     @classmethod
-    def from_classes(cls, per_class: Sequence[Tensor], class_names: list[str], **stats) -> ImageSplit:
-        """Build from one uint8 tensor [n_c, C, H, W] per class."""
+    def from_classes(cls, per_class: Sequence[Tensor], class_names: list[str], **options) -> ImageSplit:
+        """Build from one uint8 tensor [n_c, C, H, W] per class; options: mean, std, augment, ink."""
         counts = torch.tensor([len(images) for images in per_class], dtype=torch.long)
         offsets = torch.cumsum(counts, 0) - counts
-        return cls(torch.cat(list(per_class)), offsets, counts, class_names, **stats)
+        return cls(torch.cat(list(per_class)), offsets, counts, class_names, **options)
 
     @property
     def num_classes(self) -> int:
@@ -52,6 +57,11 @@ class ImageSplit:
     @property
     def task(self) -> Classification:
         return Classification(classes=self.num_classes)
+
+    @property
+    def input_format(self) -> dict:
+        """How a new image becomes an input like this split's (metarun-predict)."""
+        return {"shape": list(self.input_shape), "mean": list(self.mean), "std": list(self.std), "ink": self.ink}
 
     @property
     def min_images_per_class(self) -> int:
@@ -68,14 +78,18 @@ class ImageSplit:
     def to(self, device: torch.device | str) -> ImageSplit:
         return replace(self, images=self.images.to(device))
 
-    def gather(self, indices: Tensor) -> Tensor:
-        """Float images [*indices.shape, C, H, W], scaled to [0, 1] and normalised."""
-        images = self.images[indices.flatten()].float()
-        images = images.mul_(1 / 255).sub_(self._mean).div_(self._std)
+    def gather(self, indices: Tensor, augmentation: Tensor | None = None) -> Tensor:
+        """Float images [*indices.shape, C, H, W], scaled to [0, 1], augmented with the drawn
+        choices [*indices.shape, 6] if given, and normalised."""
+        images = self.images[indices.flatten()].float().mul_(1 / 255)
+        if augmentation is not None:
+            images = self.augment.apply(images, augmentation.flatten(0, -2))
+        images = images.sub_(self._mean).div_(self._std)
         return images.view(*indices.shape, *self.input_shape)
 
-    def draw(self, spec: EpisodeSpec, episodes: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """Choose classes and images on the CPU generator: image indices [E, N, K+Q], class ids [E, N]."""
+    def draw(self, spec: EpisodeSpec, episodes: int, generator: torch.Generator) -> tuple[Tensor, ...]:
+        """Choose classes and images on the CPU generator: image indices [E, N, K+Q], class ids [E, N]
+        and, if the split augments, each image's augmentation choices [E, N, K+Q, 6]."""
         classes = torch.rand(episodes, self.num_classes, generator=generator).argsort(dim=1)[:, : spec.ways]  # [E, N]
         class_counts = self.counts[classes]  # [E, N]
         # A random key per image slot; slots past a class's count sort last, so the first K+Q
@@ -83,12 +97,16 @@ class ImageSplit:
         keys = torch.rand(episodes, spec.ways, int(class_counts.max()), generator=generator)
         keys.masked_fill_(torch.arange(keys.shape[-1]) >= class_counts[..., None], 2.0)
         positions = keys.argsort(dim=-1)[..., : spec.images_per_class]  # [E, N, K+Q]
-        return self.offsets[classes][..., None] + positions, classes
+        indices = self.offsets[classes][..., None] + positions
+        if self.augment is None:
+            return indices, classes
+        return indices, classes, self.augment.draw(tuple(indices.shape), generator)
 
-    def examples(self, draws: tuple[Tensor, Tensor]) -> Examples:
+    def examples(self, draws: tuple[Tensor, ...]) -> Examples:
         """Gather drawn indices [E, N, K+Q] into images [E, N, K+Q, C, H, W] on the split's device."""
-        indices, classes = draws
-        return Examples(self.gather(indices.to(self.device, non_blocking=True)), classes=classes.to(self.device))
+        indices, classes, *augmentation = draws
+        images = self.gather(indices.to(self.device, non_blocking=True), *augmentation)
+        return Examples(images, classes=classes.to(self.device))
 
     def figures(self, spec: EpisodeSpec, seed: int) -> list:
         return []
