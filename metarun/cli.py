@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -21,6 +22,30 @@ def config_dir() -> str:
     """configs/ inside the installed package, or the repository's top-level configs/ in a checkout."""
     installed = Path(__file__).parent / "configs"
     return str(installed if installed.is_dir() else Path(__file__).resolve().parents[1] / "configs")
+
+
+def run() -> None:
+    """The console script: an output folder that cannot be made is one line, before Hydra tries."""
+    folders = [value for key, _, value in (arg.partition("=") for arg in sys.argv[1:]) if key in ("hydra.run.dir", "hydra.sweep.dir")]
+    for folder in folders or ["outputs"]:
+        if not writable(Path(folder), create=bool(folders)):
+            print(f"metarun: error: the output folder {folder} cannot be written; choose another with hydra.run.dir=... "
+                  "(hydra.sweep.dir=... for -m)", file=sys.stderr)
+            sys.exit(2)
+    main()
+
+
+def writable(folder: Path, create: bool) -> bool:
+    """Whether runs can be written under `folder`; `create`: make it (as Hydra would) to find out."""
+    if create:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return False
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    return existing.is_dir() and os.access(existing, os.W_OK)
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
@@ -53,4 +78,4 @@ def lookup(results: dict, metric: str) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    run()

@@ -79,3 +79,11 @@ def test_a_missing_data_root_is_one_line_naming_the_path(tmp_path):
     done = metarun(f"data.root={tmp_path / 'no-omniglot'}", "logger=none", cwd=tmp_path)
     assert done.returncode == 2 and str(tmp_path / "no-omniglot") in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    done = metarun("debug=smoke", f"hydra.run.dir={tmp_path / 'a-file' / 'run'}", cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == (f"metarun: error: the output folder {tmp_path / 'a-file' / 'run'} cannot be written; "
+                                   "choose another with hydra.run.dir=... (hydra.sweep.dir=... for -m)")

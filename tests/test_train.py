@@ -225,6 +225,28 @@ def sigterm_during_step(monkeypatch, n: int) -> None:
     monkeypatch.setattr(Trainer, "_train_step", step)
 
 
+def test_tensorboard_curves_of_a_resumed_run_have_every_step_once(smoke_cfg, tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    overrides = ("logger=tensorboard", "trainer.steps=6", "trainer.eval_every=2", "trainer.log_every=1")
+    cfg, choices = smoke_cfg(*overrides)
+    original_step = Trainer._train_step
+
+    def crash_at_step_6(self, step):
+        if step == 6:
+            raise KeyboardInterrupt  # after step 5 was logged, while last.pt holds step 4
+        return original_step(self, step)
+
+    monkeypatch.setattr(Trainer, "_train_step", crash_at_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path, choices)
+    monkeypatch.setattr(Trainer, "_train_step", original_step)
+    train(*smoke_cfg(*overrides, "trainer.resume=true")[:1], tmp_path, choices)
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0}).Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]
+    assert [e.step for e in events.Scalars("val/acc")] == [2, 4, 6]
+
+
 def test_sigterm_saves_a_checkpoint_at_the_next_step_and_the_resumed_run_ends_identically(smoke_cfg, tmp_path, monkeypatch):
     overrides = ("trainer.steps=6", "trainer.eval_every=4")
     cfg, choices = smoke_cfg(*overrides)
