@@ -59,8 +59,8 @@ def load_image_folder(
     else:
         everything = _class_folders(folder)
         per_split = _by_lists(everything, classes, folder) if classes else _by_ratios(everything, ratios, split_seed, folder)
-    layout = (per_split, [file_key(files) for split in per_split.values() for files in split.values()])
-    splits = _decode(layout, image_size, channels, cache_dir, mean or (0.0,) * channels, std or (1.0,) * channels, augmentation)
+    unit = (0.0,) * channels, (1.0,) * channels  # until measured
+    splits = _decode(_files_layout(per_split), image_size, channels, cache_dir, mean or unit[0], std or unit[1], augmentation)
     if mean is None or std is None:
         measured_mean, measured_std = channel_statistics(splits.train)
         splits = DataSplits(*(replace(split, mean=mean or measured_mean, std=std or measured_std) for _, split in splits.items()))
@@ -108,8 +108,7 @@ def load_cub(root: str, image_size: int = 84, cache_dir: str = "~/.cache/metarun
     species = _class_folders(images)
     folder = resources.files("metarun.data") / "splits" / "cub"
     lists = {split: json.loads((folder / f"{split}.json").read_text()) for split in SPLITS}
-    per_split = _by_lists(species, lists, images)
-    layout = (per_split, [file_key(files) for split in per_split.values() for files in split.values()])
+    layout = _files_layout(_by_lists(species, lists, images))
     return _decode(layout, image_size, 3, cache_dir, IMAGENET_MEAN, IMAGENET_STD, augmentation)
 
 
@@ -197,7 +196,11 @@ def allocate_classes(total: int, ratios: Sequence[float]) -> list[int]:
 def _split_folders_layout(base: Path) -> Layout | None:
     if not all((base / split).is_dir() for split in SPLITS):
         return None
-    per_split = {split: _class_folders(base / split) for split in SPLITS}
+    return _files_layout({split: _class_folders(base / split) for split in SPLITS})
+
+
+def _files_layout(per_split: dict[str, dict[str, list[Path]]]) -> Layout:
+    """Image files by split and class, keyed by every file's path, size and modification time."""
     return per_split, [file_key(files) for split in per_split.values() for files in split.values()]
 
 
@@ -215,10 +218,9 @@ def _csv_layout(base: Path) -> Layout | None:
                 by_label[row["label"]].append(base / "images" / row["filename"])
         per_split[split] = dict(by_label)
     try:
-        key = [file_key(files) for split in per_split.values() for files in split.values()]
+        return _files_layout(per_split)
     except FileNotFoundError as error:
         raise MetarunError(f"a split CSV in {base} names {error.filename}, which does not exist") from None
-    return per_split, key
 
 
 def _mini_cache_layout(base: Path) -> Layout | None:
