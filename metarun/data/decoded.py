@@ -93,7 +93,7 @@ def _decode_chunk(items: list[Item], image_size: int, channels: int) -> np.ndarr
             image = Image.fromarray(item) if isinstance(item, np.ndarray) else Image.open(io.BytesIO(item) if isinstance(item, bytes) else item)
             image = image.convert("L" if channels == 1 else "RGB")
         except (OSError, ValueError, UnidentifiedImageError) as error:
-            name = item if isinstance(item, Path) else f"image {i} of a chunk"
+            name = item if isinstance(item, Path) else f"number {i} of a chunk of {len(items)} stored ones"
             return f"image {name} cannot be decoded ({type(error).__name__}: {' '.join(str(error).split())})"
         if image.size != (image_size, image_size):
             image = image.resize((image_size, image_size), Image.BILINEAR)
