@@ -27,7 +27,7 @@ def slow_save(obj, target, *args, **kwargs):
     data = buffer.getvalue()
     for start in range(0, len(data), 1 << 16):
         target.write(data[start:start + (1 << 16)])
-        time.sleep(0.01)
+        time.sleep(0.03)
 torch.save = slow_save
 from metarun.cli import main
 sys.argv[0] = 'metarun'
