@@ -58,4 +58,4 @@ def test_pretrain_baselines_learn_omniglot_5way_1shot(tmp_path, algo):
     cfg, choices = compose_run(SHORT + [f"algo={algo}", "episode.train_ways=60", "episode.train_queries=1",
                                         "trainer.steps=300", "trainer.meta_batch_size=1", "trainer.eval_every=100"])
     results = train(cfg, tmp_path, choices)
-    assert results["test"]["acc"] > 0.5  # chance is 0.2; Baseline++ validated at 0.64 here after 300 steps
+    assert results["test"]["acc"] > 0.5  # chance is 0.2; Baseline++ validated at 0.66 here after 300 steps
