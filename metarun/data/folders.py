@@ -76,9 +76,7 @@ def load_miniimagenet(root: str, image_size: int = 84, cache_dir: str = "~/.cach
         "miniImageNet_category_split_{train_phase_train,val,test}.pickle (MetaOptNet's)": _category_split_layout,
         "train/, val/ and test/ folders, each with one folder per class": _split_folders_layout,
     }
-    augmentation = Augmentation.from_config(augment)
-    layout = _find_layout(root, "miniImageNet", layouts)
-    return _decode(layout, image_size, 3, cache_dir, IMAGENET_MEAN, IMAGENET_STD, augmentation)
+    return _load_imagenet_like(root, "miniImageNet", layouts, image_size, cache_dir, augment)
 
 
 def load_tieredimagenet(root: str, image_size: int = 84, cache_dir: str = "~/.cache/metarun",
@@ -89,9 +87,7 @@ def load_tieredimagenet(root: str, image_size: int = 84, cache_dir: str = "~/.ca
         "{train,val,test}_images.npz with {train,val,test}_labels.pkl (MetaOptNet's)": _tiered_npz_layout,
         "train/, val/ and test/ folders, each with one folder per class": _split_folders_layout,
     }
-    augmentation = Augmentation.from_config(augment)
-    layout = _find_layout(root, "tieredImageNet", layouts)
-    return _decode(layout, image_size, 3, cache_dir, IMAGENET_MEAN, IMAGENET_STD, augmentation)
+    return _load_imagenet_like(root, "tieredImageNet", layouts, image_size, cache_dir, augment)
 
 
 def load_cub(root: str, image_size: int = 84, cache_dir: str = "~/.cache/metarun",
@@ -127,6 +123,14 @@ def _decode(layout: Layout, image_size: int, channels: int, cache_dir: str, mean
                              augmentation if split == "train" else None)
         for split in SPLITS
     })
+
+
+def _load_imagenet_like(root: str, name: str, layouts: dict[str, Callable[[Path], Layout | None]], image_size: int,
+                        cache_dir: str, augment: Mapping[str, Any] | None) -> DataSplits:
+    """The first of `layouts` found in root, decoded as RGB with ImageNet's statistics."""
+    augmentation = Augmentation.from_config(augment)
+    layout = _find_layout(root, name, layouts)
+    return _decode(layout, image_size, 3, cache_dir, IMAGENET_MEAN, IMAGENET_STD, augmentation)
 
 
 def _find_layout(root: str, name: str, layouts: dict[str, Callable[[Path], Layout | None]]) -> Layout:
