@@ -19,10 +19,11 @@ from metarun.allocator import tune_malloc  # noqa: E402  (ctypes only: safe in t
 def worker_arguments() -> argparse.Namespace:
     """The workload a worker runs, as both sides read it."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--method", choices=["maml", "protonet", "metasgd", "mamlpp", "reptile"], required=True)
+    parser.add_argument("--method", choices=["maml", "protonet", "metasgd", "mamlpp", "reptile", "metalstm", "snail"], required=True)
     parser.add_argument("--data", choices=["random", "omniglot"], required=True)
     parser.add_argument("--omniglot", help="folder holding images_background.zip and images_evaluation.zip")
     parser.add_argument("--pooling", choices=["max", "stride"], default="max")
+    parser.add_argument("--filters", type=int, default=64, help="Conv4's channels")
     parser.add_argument("--inner-steps", type=int, default=1)
     parser.add_argument("--first-order", type=int, default=0)
     parser.add_argument("--tasks", type=int, default=32, help="tasks per meta-batch (step)")

@@ -10,7 +10,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from common import measure, worker_arguments  # noqa: E402
 
-from metarun.algorithms import MAML, MetaSGD, ProtoNet, Reptile  # noqa: E402
+from metarun.algorithms import MAML, SNAIL, MetaLSTM, MetaSGD, ProtoNet, Reptile  # noqa: E402
 from metarun.data.omniglot import load_omniglot  # noqa: E402
 from metarun.data.split import ImageSplit  # noqa: E402
 from metarun.episodes import EpisodeBatch, EpisodeSampler, EpisodeSpec  # noqa: E402
@@ -30,7 +30,7 @@ def random_batch(args) -> EpisodeBatch:
 def main() -> None:
     args = worker_arguments()
     torch.manual_seed(0)
-    backbone = Conv4((1, 28, 28), pooling=args.pooling)
+    backbone = Conv4((1, 28, 28), filters=args.filters, pooling=args.pooling)
     inner = dict(inner_steps=args.inner_steps, first_order=bool(args.first_order), task_batching="loop")
     if args.method == "maml":
         algorithm = MAML(backbone, args.ways, inner_lr=0.4, **inner)
@@ -40,6 +40,10 @@ def main() -> None:
         algorithm = MAML(backbone, args.ways, inner_lr=0.1, multi_step_loss_steps=10**9, learn_inner_lr=True, per_step_bn=True, **inner)
     elif args.method == "reptile":  # the paper's Omniglot inner loop: Adam on minibatches of 10 from all 5 x 10 images
         algorithm = Reptile(backbone, args.ways, inner_steps=args.inner_steps, inner_batch_size=10, task_batching="loop")
+    elif args.method == "metalstm":
+        algorithm = MetaLSTM(backbone, args.ways, inner_steps=args.inner_steps)
+    elif args.method == "snail":
+        algorithm = SNAIL(backbone, args.ways, args.shots)
     else:
         algorithm = ProtoNet(backbone)
     optimizer = torch.optim.Adam(algorithm.parameters(), lr=1e-3)

@@ -15,8 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 
 import metarun
 from metarun.data import DataSplits
+from metarun.distributed import Distributed, SingleProcess
 from metarun.episodes import EpisodeSampler, EpisodeSpec, FixedEpisodes
 from metarun.errors import MetarunError
+from metarun.loggers import NullLogger
 from metarun.models.pretrained import Frozen, load_weights
 from metarun.tasks import Task
 from metarun.trainer import LoopSettings, Trainer
@@ -24,7 +26,11 @@ from metarun.trainer import LoopSettings, Trainer
 
 def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> dict:
     """Build the run described by `cfg` in `run_dir`, meta-train it and return its results."""
-    return build_trainer(cfg, run_dir, choices).fit()
+    trainer = build_trainer(cfg, run_dir, choices)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.distributed.close()
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> Trainer:
@@ -33,6 +39,12 @@ def build_trainer(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> Tr
     device = resolve_device(cfg.device)
     train_spec, eval_spec = episode_specs(cfg.episode)
     settings = loop_settings(cfg.trainer)
+    distributed = SingleProcess()
+    if settings.distributed:
+        distributed = Distributed(device)
+        distributed.check(settings.meta_batch_size)
+        device = distributed.device_for(device)
+        run_dir = Path(distributed.from_main(str(run_dir)))  # each process's Hydra named its own folder
     seed_everything(cfg.seed)
     if cfg.get("deterministic"):
         use_deterministic_kernels()
@@ -42,7 +54,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> Tr
     algorithm = build_algorithm(cfg, splits.train.input_shape, splits.task, device, choices)
     optimizer = make(cfg, "optim")(algorithm.parameters())
     scheduler = make(cfg, "scheduler")(optimizer) if cfg.get("scheduler") else None
-    prepare_run_dir(run_dir)
+    if distributed.is_main:
+        prepare_run_dir(run_dir)
     return Trainer(
         algorithm=algorithm,
         optimizer=optimizer,
@@ -52,11 +65,13 @@ def build_trainer(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> Tr
         test_episodes=FixedEpisodes(splits.test, eval_spec, settings.test_episodes, cfg.eval_seed, "test"),
         settings=settings,
         run_dir=run_dir,
-        logger=make(cfg, "logger", log_dir=run_dir / "tb"),
+        logger=make(cfg, "logger", log_dir=run_dir / "tb") if distributed.is_main else NullLogger(),
         monitor=(splits.task.monitor, splits.task.higher_is_better),
         figures=splits.test.figures(eval_spec, cfg.eval_seed),
         metadata=run_metadata(cfg, choices, device, splits),
         hparams=run_hparams(cfg, choices),
+        train_picture=FixedEpisodes(splits.train, train_spec, 1, cfg.eval_seed, "picture"),
+        distributed=distributed,
     )
 
 
@@ -213,10 +228,10 @@ def run_metadata(cfg: DictConfig, choices: dict[str, str], device: torch.device,
 
 
 def run_hparams(cfg: DictConfig, choices: dict[str, str]) -> dict:
-    """The TensorBoard HParams row: the chosen options and every scalar of algo, episode and optim."""
+    """The TensorBoard HParams row: the chosen options and every scalar of algo, backbone, episode and optim."""
     hparams = {group: choices.get(group) for group in ("algo", "data", "backbone", "experiment") if choices.get(group)}
     hparams.update(seed=cfg.seed, steps=cfg.trainer.steps, meta_batch_size=cfg.trainer.meta_batch_size)
-    for group in ("algo", "episode", "optim"):
+    for group in ("algo", "backbone", "episode", "optim"):
         for key, value in OmegaConf.to_container(cfg[group], resolve=True).items():
             if not key.startswith("_") and isinstance(value, (int, float, str, bool)):
                 hparams[f"{group}.{key}"] = value

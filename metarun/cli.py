@@ -65,7 +65,8 @@ def main(cfg: DictConfig) -> float | None:
         print(f"metarun: {stopped}", file=sys.stderr)
         sys.exit(stopped.exit_code)
     test, metric = results["test"], results["metric"]
-    log.info("test %s %.4f ± %.4f over %d episodes; results in %s", metric, test[metric], test[f"{metric}_ci95"], test["episodes"], runtime.output_dir)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the run
+        log.info("test %s %.4f ± %.4f over %d episodes; results in %s", metric, test[metric], test[f"{metric}_ci95"], test["episodes"], runtime.output_dir)
     return lookup(results, cfg.get("optimized_metric") or f"val/best_{metric}")
 
 

@@ -131,11 +131,13 @@ class EpisodeSampler:
         self.initial_state = self.generator.get_state()
         self.drawn = 0
 
-    def sample(self, tasks: int) -> EpisodeBatch:
+    def sample(self, tasks: int, share: slice = slice(None)) -> EpisodeBatch:
+        """A meta-batch of `tasks` episodes, or only its `share` of them (one process's under
+        trainer=ddp: the generator moves on by the whole meta-batch either way)."""
         if self.repeat_every and self.drawn % self.repeat_every == 0:
             self.generator.set_state(self.initial_state)
         self.drawn += 1
-        draws = self.source.draw(self.spec, tasks, self.generator)
+        draws = tuple(drawn[share] for drawn in self.source.draw(self.spec, tasks, self.generator))
         return split_support_query(self.source.examples(draws), self.spec.shots)
 
     def state_dict(self) -> dict:

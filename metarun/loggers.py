@@ -8,6 +8,8 @@ from pathlib import Path
 class NullLogger:
     """Logs nothing (logger=none)."""
 
+    active = False  # whether anything logged is kept (pictures are only drawn for a logger that keeps them)
+
     def __init__(self, log_dir: str | Path | None = None):
         pass
 
@@ -23,12 +25,18 @@ class NullLogger:
     def log_figure(self, tag: str, figure, step: int) -> None:
         pass
 
+    def log_image(self, tag: str, image, step: int) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
 
 class TensorBoardLogger(NullLogger):
-    """Scalars `train/*`, `val/*`, `test/*` against the step, figures, and one HParams entry per run."""
+    """Scalars `train/*`, `val/*`, `test/*` against the step, figures, episode pictures, and one
+    HParams entry per run."""
+
+    active = True
 
     def __init__(self, log_dir: str | Path, flush_secs: int = 30):
         self.log_dir = Path(log_dir)
@@ -55,6 +63,10 @@ class TensorBoardLogger(NullLogger):
 
     def log_figure(self, tag: str, figure, step: int) -> None:
         self.writer.add_figure(tag, figure, step)
+
+    def log_image(self, tag: str, image, step: int) -> None:
+        """image: [3, H, W] in [0, 1]."""
+        self.writer.add_image(tag, image, step)
 
     def close(self) -> None:
         if self.writer is not None:

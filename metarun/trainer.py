@@ -14,10 +14,12 @@ from tqdm import tqdm
 
 from metarun import checkpoints
 from metarun.algorithms.base import Algorithm
+from metarun.distributed import SingleProcess
 from metarun.episodes import EpisodeSampler, FixedEpisodes
 from metarun.errors import MetarunError
 from metarun.interrupts import RunInterrupted, StopRequests
 from metarun.loggers import NullLogger
+from metarun.pictures import episode_grid, is_image_episode
 from metarun.results import summarize, write_json
 
 
@@ -34,11 +36,14 @@ class LoopSettings:
     grad_clip: float | None = None
     log_every: int = 10
     progress: bool = True
-    resume: bool = False
+    resume: bool | Literal["auto"] = False  # "auto": resume when the run folder has a last.pt (a requeued job)
     overfit_batches: int = 0
     on_nonfinite: Literal["stop", "skip"] = "stop"
+    distributed: bool = False  # trainer=ddp: the meta-batch's tasks shared between torchrun's processes
 
     def __post_init__(self):
+        if self.resume not in (True, False, "auto"):
+            raise MetarunError(f"trainer.resume={self.resume!r} is not known; use true, false or auto")
         if self.on_nonfinite not in ("stop", "skip"):
             raise MetarunError(f"trainer.on_nonfinite={self.on_nonfinite!r} is not known; use stop or skip")
 
@@ -70,9 +75,13 @@ class Trainer:
         figures: list | None = None,
         metadata: dict | None = None,
         hparams: dict | None = None,
+        train_picture: FixedEpisodes | None = None,
+        distributed: SingleProcess | None = None,
     ):
         """monitor: (metric, higher is better): the one that selects best.pt, from the data's task;
-        figures: callables drawing a picture of the trained algorithm at the end of the run."""
+        figures: callables drawing a picture of the trained algorithm at the end of the run;
+        train_picture: a training episode to show in TensorBoard at the start (image data);
+        distributed: this process's part in a multi-process run (only rank 0 logs and writes)."""
         self.algorithm = algorithm
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -86,6 +95,8 @@ class Trainer:
         self.figures = figures or []
         self.metadata = metadata or {}
         self.hparams = hparams or {}
+        self.train_picture = train_picture
+        self.distributed = distributed or SingleProcess()
         self.progress = Progress()
         self._postfix: dict[str, str] = {}  # the progress bar's live loss, accuracy and validation accuracy
 
@@ -96,9 +107,12 @@ class Trainer:
     def fit(self) -> dict:
         """Meta-train to `steps`, validating every `eval_every`; then test the best weights."""
         started = time.perf_counter()
-        if self.settings.resume:
-            self._restore(self.run_dir / "last.pt")
+        last = self.run_dir / "last.pt"
+        if self.settings.resume is True or (self.settings.resume == "auto" and last.exists()):
+            self._restore(last)
         self.logger.start(self.progress.step)
+        if self.progress.step == 0:
+            self._picture_training_episode()
         try:
             with StopRequests() as stop:
                 self._train(stop)
@@ -109,7 +123,8 @@ class Trainer:
 
     def _train(self, stop: StopRequests) -> None:
         settings, progress = self.settings, self.progress
-        bar = tqdm(total=settings.steps, initial=progress.step, disable=not settings.progress, desc="meta-train", dynamic_ncols=True)
+        bar = tqdm(total=settings.steps, initial=progress.step, disable=not (settings.progress and self.distributed.is_main),
+                   desc="meta-train", dynamic_ncols=True)
         self.algorithm.train()
         segment_start = time.perf_counter()
         for step in range(progress.step + 1, settings.steps + 1):
@@ -122,40 +137,46 @@ class Trainer:
                 self._postfix.update({name: f"{scalars[f'train/{name}']:.3f}" for name in ("loss", self.monitor)})
                 bar.set_postfix(self._postfix)
             validate = step % settings.eval_every == 0 or step == settings.steps
-            if validate or stop.signal_name:  # both end a timed segment and leave last.pt
+            stopping = self.distributed.any(stop.signal_name is not None)  # every process stops at the same step
+            if validate or stopping:  # both end a timed segment and leave last.pt
                 progress.train_seconds += self._elapsed_since(segment_start)
                 progress.step = step
                 if validate:
                     self._validate(step)
                     bar.set_postfix(self._postfix)
                 else:
-                    checkpoints.save_atomic(self._state(), self.run_dir / "last.pt")
+                    self._save(self._state(), "last.pt")
                 segment_start = time.perf_counter()
-            if stop.signal_name:
+            if stopping:
                 bar.close()
+                signal_name = stop.signal_name or "SIGTERM"  # another process's
                 raise RunInterrupted(
-                    f"stopped at step {step} of {settings.steps} ({stop.signal_name}); last.pt is saved; continue with "
-                    f"the same command plus trainer.resume=true hydra.run.dir={self.run_dir}", stop.signal_name)
+                    f"stopped at step {step} of {settings.steps} ({signal_name}); last.pt is saved; continue with "
+                    f"the same command plus trainer.resume=true hydra.run.dir={self.run_dir}", signal_name)
         bar.close()
 
     def _train_step(self, step: int) -> dict[str, torch.Tensor]:
-        batch = self.sampler.sample(self.settings.meta_batch_size)
+        tasks = self.settings.meta_batch_size
+        batch = self.sampler.sample(tasks, self.distributed.task_slice(tasks))
         output = self.algorithm.step(batch, train=True)
         self.optimizer.zero_grad(set_to_none=True)
         output.objective.backward()
+        self.distributed.average_gradients([p for p in self.algorithm.parameters() if p.requires_grad])
+        self.distributed.average_buffers(self.algorithm)
+        metrics = self.distributed.gather_tasks(output.metrics)
         # The norm is computed even without clipping, to catch a NaN or inf before it reaches the weights.
         params = [p for p in self.algorithm.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         if self.settings.grad_clip:
             torch.nn.utils.clip_grads_with_norm_(params, self.settings.grad_clip, grad_norm)
-        loss = output.metrics["loss"].mean()
+        loss = metrics["loss"].mean()
         if torch.isfinite(loss) and torch.isfinite(grad_norm):
             self.optimizer.step()
         else:
             self._non_finite(step, {"loss": float(loss), "meta-gradient norm": float(grad_norm)})
         if self.scheduler is not None:
             self.scheduler.step()
-        return output.metrics
+        return metrics
 
     def _non_finite(self, step: int, quantities: dict[str, float]) -> None:
         """Skip the update and count it, or stop the run keeping the last good checkpoint."""
@@ -173,10 +194,34 @@ class Trainer:
         value = summary[self.monitor]
         self.logger.log_scalars({f"val/{self.monitor}": value, "val/loss": summary["loss"]}, step)
         self._postfix[f"val_{self.monitor}"] = f"{value:.3f}"
+        self._picture_predictions(step)
         if self._improves(value):
             self.progress.best_val, self.progress.best_step = value, step
-            checkpoints.save_atomic({"algorithm": self.algorithm.state_dict(), "step": step}, self.run_dir / "best.pt")
-        checkpoints.save_atomic(self._state(), self.run_dir / "last.pt")
+            self._save({"algorithm": self.algorithm.state_dict(), "step": step}, "best.pt")
+        self._save(self._state(), "last.pt")
+
+    def _save(self, state: dict, name: str) -> None:
+        if self.distributed.is_main:
+            checkpoints.save_atomic(state, self.run_dir / name)
+
+    def _picture_training_episode(self) -> None:
+        batch = next(self.train_picture.batches(1)) if self.train_picture and self.logger.active else None
+        if batch is not None and is_image_episode(batch):
+            self.logger.log_image("episodes/train", episode_grid(batch), 0)
+
+    def _picture_predictions(self, step: int) -> None:
+        """The first validation episode, its queries framed green where predicted right, red where wrong."""
+        batch = next(self.val_episodes.batches(1)) if self.logger.active else None
+        if batch is None or not is_image_episode(batch):
+            return
+        self.algorithm.eval()
+        # Forked generators: a method that draws at evaluation must not shift the training's draws.
+        with torch.no_grad(), torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            predictions = self.algorithm.step(batch, train=False).predictions
+        self.algorithm.train()
+        if predictions:
+            predicted = predictions[max(predictions)][0].argmax(dim=-1)
+            self.logger.log_image("episodes/val_predictions", episode_grid(batch, predicted), step)
 
     def _improves(self, value: float) -> bool:
         """A NaN or infinite score never counts as the best, whatever the direction."""
@@ -190,15 +235,18 @@ class Trainer:
         self.algorithm.eval()
         per_episode = defaultdict(list)
         with torch.no_grad():
-            for batch in episodes.batches(self.settings.eval_batch_size):
-                for name, values in self.algorithm.step(batch, train=False).metrics.items():
-                    per_episode[name].append(values)
+            for index, batch in enumerate(episodes.batches(self.settings.eval_batch_size)):
+                if self.distributed.owns(index):
+                    for name, values in self.algorithm.step(batch, train=False).metrics.items():
+                        per_episode[name].append(values)
         self.algorithm.train()
+        per_episode = self.distributed.gather_episodes(per_episode)
         return {name: torch.cat(values).cpu() for name, values in per_episode.items()}
 
     def _test(self, wall_seconds: float) -> dict:
         if not (self.run_dir / "best.pt").exists():  # resumed to a step count it had already reached
             self._validate(self.progress.step)
+        self.distributed.barrier()  # rank 0 has written best.pt
         if (self.run_dir / "best.pt").exists():  # else no validation score was finite: test the last weights
             self.algorithm.load_state_dict(checkpoints.load(self.run_dir / "best.pt")["algorithm"])
         test = summarize(self.evaluate(self.test_episodes))
@@ -217,11 +265,14 @@ class Trainer:
         final = {f"test/{metric}": test[metric], f"test/{metric}_ci95": test[f"{metric}_ci95"], f"val/best_{metric}": progress.best_val}
         self.logger.log_scalars({f"test/{metric}": test[metric], "test/loss": test["loss"]}, progress.step)
         self.logger.log_hparams(self.hparams, final)
-        write_json(self.run_dir / "results.json", results)
+        if self.distributed.is_main:
+            write_json(self.run_dir / "results.json", results)
         return results
 
     def _draw_figures(self) -> None:
         """Each figure of the best weights goes to <run>/<name>.png and to TensorBoard."""
+        if not self.distributed.is_main:
+            return
         self.algorithm.eval()
         for draw in self.figures:
             with torch.no_grad():

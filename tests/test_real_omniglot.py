@@ -59,3 +59,16 @@ def test_pretrain_baselines_learn_omniglot_5way_1shot(tmp_path, algo):
                                         "trainer.steps=300", "trainer.meta_batch_size=1", "trainer.eval_every=100"])
     results = train(cfg, tmp_path, choices)
     assert results["test"]["acc"] > 0.5  # chance is 0.2; Baseline++ validated at 0.66 here after 300 steps
+
+
+def test_metalstm_learns_omniglot_5way_1shot(tmp_path):
+    cfg, choices = compose_run(SHORT + ["experiment=metalstm_omniglot_5w1s", "trainer.steps=100", "trainer.eval_every=50"])
+    results = train(cfg, tmp_path, choices)
+    assert results["test"]["acc"] > 0.5  # chance is 0.2; 0.60 after 20 steps here, 0.80 on validation after 500
+
+
+def test_snail_learns_omniglot_5way_1shot(tmp_path):
+    cfg, choices = compose_run(SHORT + ["experiment=snail_omniglot_5w1s", "trainer.steps=400", "trainer.meta_batch_size=4",
+                                        "trainer.eval_every=200"])
+    results = train(cfg, tmp_path, choices)
+    assert results["test"]["acc"] > 0.4  # chance is 0.2; SNAIL starts slowly: 0.23 on validation after 200 steps, 0.53 after 400

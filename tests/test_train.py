@@ -203,8 +203,8 @@ def poison_at_step_3(trainer, monkeypatch):
     sample = trainer.sampler.sample
     calls = {"n": 0}
 
-    def poisoned(tasks):
-        batch = sample(tasks)
+    def poisoned(*args):
+        batch = sample(*args)
         calls["n"] += 1
         if calls["n"] == 3:
             batch.query_x = batch.query_x * float("nan")

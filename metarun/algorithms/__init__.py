@@ -5,14 +5,16 @@ from metarun.algorithms.base import Algorithm, StepOutput
 from metarun.algorithms.baseline import Baseline
 from metarun.algorithms.maml import MAML
 from metarun.algorithms.matchingnet import MatchingNet
+from metarun.algorithms.metalstm import MetaLSTM
 from metarun.algorithms.metasgd import MetaSGD
 from metarun.algorithms.pretrain import Pretrain
 from metarun.algorithms.protonet import ProtoNet
 from metarun.algorithms.relationnet import RelationNet
 from metarun.algorithms.reptile import Reptile
 from metarun.algorithms.siamese import Siamese
+from metarun.algorithms.snail import SNAIL
 
 __all__ = [
-    "ANIL", "Algorithm", "Baseline", "MAML", "MatchingNet", "MetaSGD", "Pretrain", "ProtoNet", "RelationNet", "Reptile",
-    "Siamese", "StepOutput",
+    "ANIL", "Algorithm", "Baseline", "MAML", "MatchingNet", "MetaLSTM", "MetaSGD", "Pretrain", "ProtoNet", "RelationNet", "Reptile",
+    "SNAIL", "Siamese", "StepOutput",
 ]
