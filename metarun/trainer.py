@@ -244,9 +244,10 @@ class Trainer:
         return {name: torch.cat(values).cpu() for name, values in per_episode.items()}
 
     def _test(self, wall_seconds: float) -> dict:
+        self.distributed.barrier()  # rank 0 has written its checkpoints: every process sees the same files
         if not (self.run_dir / "best.pt").exists():  # resumed to a step count it had already reached
             self._validate(self.progress.step)
-        self.distributed.barrier()  # rank 0 has written best.pt
+            self.distributed.barrier()
         if (self.run_dir / "best.pt").exists():  # else no validation score was finite: test the last weights
             self.algorithm.load_state_dict(checkpoints.load(self.run_dir / "best.pt")["algorithm"])
         test = summarize(self.evaluate(self.test_episodes))
