@@ -40,6 +40,7 @@ class MetaLSTM(Algorithm):
         self.learner = nn.Sequential(backbone, nn.Linear(backbone.out_features, self.task.outputs(ways)))
         use_batch_statistics(self.learner)
         self.shapes = {name: p.shape for name, p in self.learner.named_parameters()}
+        self.sizes = [p.numel() for p in self.learner.parameters()]  # the cell state's split into parameters
         self.lstm = nn.LSTMCell(4, hidden_size)  # reads (log|g|, sign g, log|L|, sign L) per coordinate
         self.cell = MetaLSTMCell(hidden_size)
         self.inner_steps = inner_steps
@@ -86,8 +87,7 @@ class MetaLSTM(Algorithm):
 
     def forward_with(self, cell_state: Tensor, x: Tensor) -> Tensor:
         """The learner's outputs on x with the parameters `cell_state` [P]."""
-        sizes = [math.prod(shape) for shape in self.shapes.values()]
-        chunks = cell_state.split(sizes)
+        chunks = cell_state.split(self.sizes)
         params = {name: chunk.view(shape) for (name, shape), chunk in zip(self.shapes.items(), chunks)}
         return functional_call(self.learner, params, (x,))
 
