@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import random
@@ -14,11 +15,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import metarun
+from metarun.compute import Compute, resolve_channels_last, resolve_precision
 from metarun.data import DataSplits
 from metarun.distributed import Distributed, SingleProcess
 from metarun.episodes import EpisodeSampler, EpisodeSpec, FixedEpisodes
 from metarun.errors import MetarunError
 from metarun.loggers import NullLogger
+from metarun.memory import plan_passes
 from metarun.models.pretrained import Frozen, load_weights
 from metarun.tasks import Task
 from metarun.trainer import LoopSettings, Trainer
@@ -52,6 +55,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> Tr
     check_splits(splits, train_spec, eval_spec, choices.get("data", "the data set"))
     splits = splits.to(device)
     algorithm = build_algorithm(cfg, splits.train.input_shape, splits.task, device, choices)
+    compute = resolve_compute(settings, device, splits.train.input_shape)
+    compute.place(algorithm)
+    compute = plan_memory(compute, settings, algorithm, splits, train_spec, eval_spec, cfg.seed, distributed)
     optimizer = make(cfg, "optim")(algorithm.parameters())
     scheduler = make(cfg, "scheduler")(optimizer) if cfg.get("scheduler") else None
     if distributed.is_main:
@@ -68,11 +74,30 @@ def build_trainer(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> Tr
         logger=make(cfg, "logger", log_dir=run_dir / "tb") if distributed.is_main else NullLogger(),
         monitor=(splits.task.monitor, splits.task.higher_is_better),
         figures=splits.test.figures(eval_spec, cfg.eval_seed),
-        metadata=run_metadata(cfg, choices, device, splits),
-        hparams=run_hparams(cfg, choices),
+        metadata=run_metadata(cfg, choices, device, splits) | compute.describe(),
+        hparams=run_hparams(cfg, choices) | {"precision": compute.precision, "channels_last": compute.channels_last},
         train_picture=FixedEpisodes(splits.train, train_spec, 1, cfg.eval_seed, "picture"),
         distributed=distributed,
+        compute=compute,
     )
+
+
+def resolve_compute(settings: LoopSettings, device: torch.device, input_shape: tuple[int, ...]) -> Compute:
+    """trainer.precision and trainer.channels_last for this device and input (auto: what benchmarks/precision.py
+    measured faster and accuracy-neutral)."""
+    precision = resolve_precision(settings.precision, device, input_shape)
+    return Compute(device, precision, resolve_channels_last(settings.channels_last, device, input_shape, precision))
+
+
+def plan_memory(compute: Compute, settings: LoopSettings, algorithm, splits: DataSplits, train_spec: EpisodeSpec,
+                eval_spec: EpisodeSpec, seed: int, distributed: SingleProcess) -> Compute:
+    """`compute` with the tasks per pass that trainer.max_images_per_pass allows (auto: one training task
+    measured); rank 0's plan for every process, so all evaluate the same batches."""
+    probe = next(FixedEpisodes(splits.train, train_spec, 1, seed, "memory probe").batches(1))
+    plan = plan_passes(settings.max_images_per_pass, algorithm, probe, compute, settings.meta_batch_size,
+                       settings.eval_batch_size, eval_spec.ways * eval_spec.images_per_class)
+    plan = distributed.from_main(plan)
+    return dataclasses.replace(compute, tasks_per_pass=plan.tasks, eval_tasks_per_pass=plan.eval_tasks)
 
 
 def build_algorithm(cfg: DictConfig, input_shape: tuple[int, ...], task: Task, device: torch.device, choices: dict[str, str]):

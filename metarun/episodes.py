@@ -58,6 +58,14 @@ class EpisodeBatch:
     def ways(self) -> int:
         return self.classes.shape[1]
 
+    def split(self, tasks: int) -> list[EpisodeBatch]:
+        """Consecutive meta-batches of at most `tasks` episodes each (passes that fit in memory)."""
+        if tasks >= self.tasks:
+            return [self]
+        parts = (self.support_x, self.support_y, self.query_x, self.query_y, self.classes)
+        return [EpisodeBatch(*(None if part is None else part[start : start + tasks] for part in parts))
+                for start in range(0, self.tasks, tasks)]
+
 
 Draws = tuple[Tensor, ...]  # drawn episodes: CPU tensors whose first dim is the episode
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from torch import Tensor
 import torch.nn.functional as F
 
+from metarun.compute import full
+
 
 class Classification:
     """Labels 0..N-1 per episode; cross-entropy; accuracy, the higher the better."""
@@ -25,8 +27,8 @@ class Classification:
         return ways
 
     def loss(self, predictions: Tensor, targets: Tensor) -> Tensor:
-        """predictions [M, N], targets [M] -> mean cross-entropy []."""
-        return F.cross_entropy(predictions, targets)
+        """predictions [M, N], targets [M] -> mean cross-entropy [] (in float32 under any autocast)."""
+        return F.cross_entropy(full(predictions), targets)
 
     def metrics(self, predictions: Tensor, targets: Tensor) -> dict[str, Tensor]:
         return {"acc": (predictions.argmax(dim=-1) == targets).float().mean(dim=-1)}
@@ -46,10 +48,10 @@ class Regression:
         return self.target_dim
 
     def loss(self, predictions: Tensor, targets: Tensor) -> Tensor:
-        return F.mse_loss(predictions, targets)
+        return F.mse_loss(full(predictions), targets)
 
     def metrics(self, predictions: Tensor, targets: Tensor) -> dict[str, Tensor]:
-        return {"mse": (predictions - targets).pow(2).mean(dim=(-2, -1))}
+        return {"mse": (full(predictions) - targets).pow(2).mean(dim=(-2, -1))}
 
 
 Task = Classification | Regression

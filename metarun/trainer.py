@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from metarun import checkpoints
 from metarun.algorithms.base import Algorithm
+from metarun.compute import Compute
 from metarun.distributed import SingleProcess
 from metarun.episodes import EpisodeSampler, FixedEpisodes
 from metarun.errors import MetarunError
@@ -40,6 +41,10 @@ class LoopSettings:
     overfit_batches: int = 0
     on_nonfinite: Literal["stop", "skip"] = "stop"
     distributed: bool = False  # trainer=ddp: the meta-batch's tasks shared between torchrun's processes
+    # Resolved with the device by build.py into a Compute (metarun/compute.py, metarun/memory.py):
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    channels_last: bool | str = "auto"  # auto | true | false
+    max_images_per_pass: int | str | None = "auto"  # auto | a number of images | null (never split a meta-batch)
 
     def __post_init__(self):
         if self.resume not in (True, False, "auto"):
@@ -77,11 +82,13 @@ class Trainer:
         hparams: dict | None = None,
         train_picture: FixedEpisodes | None = None,
         distributed: SingleProcess | None = None,
+        compute: Compute | None = None,
     ):
         """monitor: (metric, higher is better): the one that selects best.pt, from the data's task;
         figures: callables drawing a picture of the trained algorithm at the end of the run;
         train_picture: a training episode to show in TensorBoard at the start (image data);
-        distributed: this process's part in a multi-process run (only rank 0 logs and writes)."""
+        distributed: this process's part in a multi-process run (only rank 0 logs and writes);
+        compute: precision, memory format and tasks per pass (every step runs under its autocast)."""
         self.algorithm = algorithm
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -97,6 +104,8 @@ class Trainer:
         self.hparams = hparams or {}
         self.train_picture = train_picture
         self.distributed = distributed or SingleProcess()
+        self.compute = compute or Compute(self.device)
+        self.scaler = self.compute.grad_scaler()
         self.progress = Progress()
         self._postfix: dict[str, str] = {}  # the progress bar's live loss, accuracy and validation accuracy
 
@@ -158,22 +167,31 @@ class Trainer:
     def _train_step(self, step: int) -> dict[str, torch.Tensor]:
         tasks = self.settings.meta_batch_size
         batch = self.sampler.sample(tasks, self.distributed.task_slice(tasks))
-        output = self.algorithm.step(batch, train=True)
         self.optimizer.zero_grad(set_to_none=True)
-        output.objective.backward()
+        per_pass = []
+        for part in batch.split(self.compute.tasks_per_pass or batch.tasks):  # passes that fit in memory
+            with self.compute.autocast():
+                output = self.algorithm.step(part, train=True)
+            # Each objective is its tasks' mean: weighted by their share, the gradients add up to the meta-batch's.
+            self.scaler.scale(output.objective * (part.tasks / batch.tasks)).backward()
+            per_pass.append(output.metrics)
         self.distributed.average_gradients([p for p in self.algorithm.parameters() if p.requires_grad])
         self.distributed.average_buffers(self.algorithm)
-        metrics = self.distributed.gather_tasks(output.metrics)
+        metrics = self.distributed.gather_tasks({name: torch.cat([m[name] for m in per_pass]) for name in per_pass[0]})
+        self.scaler.unscale_(self.optimizer)
         # The norm is computed even without clipping, to catch a NaN or inf before it reaches the weights.
         params = [p for p in self.algorithm.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         if self.settings.grad_clip:
             torch.nn.utils.clip_grads_with_norm_(params, self.settings.grad_clip, grad_norm)
         loss = metrics["loss"].mean()
-        if torch.isfinite(loss) and torch.isfinite(grad_norm):
-            self.optimizer.step()
+        # Under fp16 an infinite gradient is the loss scale's overflow: the scaler skips that update and lowers the scale.
+        if torch.isfinite(loss) and (torch.isfinite(grad_norm) or self.scaler.is_enabled()):
+            self.scaler.step(self.optimizer)
         else:
             self._non_finite(step, {"loss": float(loss), "meta-gradient norm": float(grad_norm)})
+        self.scaler.update()
+        self.algorithm.end_meta_step()
         if self.scheduler is not None:
             self.scheduler.step()
         return metrics
@@ -216,7 +234,8 @@ class Trainer:
             return
         self.algorithm.eval()
         # Forked generators: a method that draws at evaluation must not shift the training's draws.
-        with torch.no_grad(), torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+        with torch.no_grad(), torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), \
+                self.compute.autocast():
             predictions = self.algorithm.step(batch, train=False).predictions
         self.algorithm.train()
         if predictions:
@@ -234,8 +253,9 @@ class Trainer:
         """Per-episode metrics [E] on fixed episodes, in eval mode without an outer graph."""
         self.algorithm.eval()
         per_episode = defaultdict(list)
-        with torch.no_grad():
-            for index, batch in enumerate(episodes.batches(self.settings.eval_batch_size)):
+        per_pass = min(self.settings.eval_batch_size, self.compute.eval_tasks_per_pass or self.settings.eval_batch_size)
+        with torch.no_grad(), self.compute.autocast():
+            for index, batch in enumerate(episodes.batches(per_pass)):
                 if self.distributed.owns(index):
                     for name, values in self.algorithm.step(batch, train=False).metrics.items():
                         per_episode[name].append(values)
@@ -288,6 +308,7 @@ class Trainer:
             "algorithm": self.algorithm.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),
             "sampler": self.sampler.state_dict(),
             "rng": checkpoints.rng_states(),
             "progress": vars(self.progress).copy(),
@@ -307,6 +328,7 @@ class Trainer:
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
+        self.scaler.load_state_dict(state.get("scaler") or {})
         checkpoints.restore_rng_states(state["rng"])
         self.progress = Progress(**state["progress"])
 

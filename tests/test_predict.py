@@ -44,7 +44,8 @@ def colour_folders(tmp_path):
 @pytest.mark.parametrize("algo", ["protonet", "maml", "baselinepp"])
 def test_a_trained_run_classifies_a_users_images_and_writes_a_csv(smoke_cfg, colour_folders, algo):
     cfg, choices = smoke_cfg("data=image_folder", f"data.root={colour_folders / 'train_data'}", "data.image_size=16",
-                             f"algo={algo}", "episode.ways=5", "episode.queries=3", "episode.shots=2")
+                             f"algo={algo}", "episode.ways=5", "episode.queries=3", "episode.shots=2",
+                             *(["trainer.steps=12"] if algo == "maml" else []))
     run = colour_folders / "run"
     train(cfg, run, choices)
     out = colour_folders / "predictions.csv"
@@ -52,7 +53,8 @@ def test_a_trained_run_classifies_a_users_images_and_writes_a_csv(smoke_cfg, col
     rows = list(csv.DictReader(out.open()))
     assert [Path(r["file"]).stem for r in rows] == sorted(COLOURS)
     correct = sum(Path(r["file"]).stem == r["predicted_class"] for r in rows)
-    # Each colour finds its own class; MAML after 4 smoke steps adapts from a barely trained start (seeded: 4 of 5).
+    # Each colour finds its own class; MAML after 12 smoke steps adapts from a barely trained start (seeded: 4 of 5,
+    # in fp32 and in bf16).
     assert correct >= (4 if algo == "maml" else 5)
     assert all(0 < float(r["confidence"]) <= 1 for r in rows)
 

@@ -9,6 +9,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from metarun.compute import float32, full
 from metarun.episodes import EpisodeBatch
 from metarun.errors import MetarunError
 from metarun.tasks import Classification, Task
@@ -19,7 +20,8 @@ class StepOutput:
     """What one step over a meta-batch returns to the trainer.
 
     objective:   scalar whose gradient with respect to the algorithm's parameters is the
-                 meta-gradient (it need not equal the loss: see `gradient_surrogate`).
+                 meta-gradient, the mean over the batch's tasks (it need not equal the loss: see
+                 `gradient_surrogate`); the trainer weighs passes of fewer tasks by their share.
     metrics:     per-task values [T], detached; always "loss" of the query set and the task's
                  metrics ("acc", or "mse"); "<name>@<k>" after k inner steps where there are any.
     predictions: query scores {k: [T, N*Q, outputs]} after k inner steps (at the steps an
@@ -36,12 +38,17 @@ class Algorithm(nn.Module, ABC):
     """A meta-learner: reads a meta-batch of episodes, returns an objective and metrics.
 
     The trainer calls `step(batch, train=True)` in training mode with autograd on, and
-    `step(batch, train=False)` in eval mode under torch.no_grad().
+    `step(batch, train=False)` in eval mode under torch.no_grad(), both under the run's autocast
+    (metarun/compute.py), possibly several times per meta-batch when it is split into passes
+    that fit in memory; then `end_meta_step()` once per update.
     """
 
     @abstractmethod
     def step(self, batch: EpisodeBatch, train: bool) -> StepOutput:
         ...
+
+    def end_meta_step(self) -> None:
+        """Called once after each meta-training update: the clock of a method's own schedules."""
 
 
 def require_classification(task: Task, algorithm: str) -> None:
@@ -58,18 +65,21 @@ def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
 
 def embed_episodes(backbone: nn.Module, batch: EpisodeBatch) -> tuple[Tensor, Tensor]:
     """Embed every support and query image of the meta-batch in one forward pass:
-    support [T, N*K, F] and query [T, N*Q, F] features."""
+    support [T, N*K, F] and query [T, N*Q, F] features, in float32 whatever the autocast, since
+    the distances and similarities computed from them need the bits."""
     tasks, n_support = batch.support_y.shape
     images = torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])
-    embeddings = backbone(images)
+    embeddings = full(backbone(images))
     support = embeddings[: tasks * n_support].view(tasks, n_support, -1)
     return support, embeddings[tasks * n_support :].view(tasks, batch.query_y.shape[1], -1)
 
 
 def class_means(embeddings: Tensor, labels: Tensor, ways: int) -> Tensor:
-    """Mean embedding per class: embeddings [T, S, F], labels [T, S] in 0..N-1 -> [T, N, F]."""
+    """Mean embedding per class: embeddings [T, S, F], labels [T, S] in 0..N-1 -> [T, N, F], in the
+    embeddings' dtype (autocast would round the sums to bf16)."""
     one_hot = torch.nn.functional.one_hot(labels, ways).to(embeddings.dtype)  # [T, S, N]
-    sums = one_hot.transpose(1, 2) @ embeddings  # [T, N, F]
+    with float32(embeddings.device):
+        sums = one_hot.transpose(1, 2) @ embeddings  # [T, N, F]
     return sums / one_hot.sum(dim=1).unsqueeze(-1)
 
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metarun.algorithms.base import Algorithm, StepOutput, accuracy, embed_episodes, require_classification
+from metarun.compute import float32, full
 from metarun.episodes import EpisodeBatch
 from metarun.errors import MetarunError
 from metarun.tasks import Classification, Task
@@ -47,9 +48,11 @@ class Baseline(Algorithm):
             return self._pretrain(batch)
         with torch.no_grad():  # the backbone stays as meta-training left it
             support, query = self._embed(batch)
-        with torch.enable_grad():  # the trainer evaluates under no_grad; the new heads still learn
+        # The trainer evaluates under no_grad; the new heads still learn, on float32 features
+        # (the heads are tiny: bf16 would save nothing and round their many small updates).
+        with torch.enable_grad(), float32(support.device):
             heads = self.finetune(support.detach(), batch.support_y, batch.ways)
-        with torch.no_grad():
+        with torch.no_grad(), float32(support.device):
             logits = heads(query)  # [T, N*Q, N]
             loss = F.cross_entropy(logits.transpose(1, 2), batch.query_y, reduction="none").mean(1)
         return StepOutput(loss.mean(), {"loss": loss, "acc": accuracy(logits, batch.query_y)}, {0: logits})
@@ -60,7 +63,7 @@ class Baseline(Algorithm):
         features = torch.cat([support, query], dim=1)  # [T, M, F]
         labels = torch.cat([batch.support_y, batch.query_y], dim=1)
         global_labels = batch.classes.gather(1, labels)  # episode-local 0..N-1 -> the split's class ids
-        logits = self.classifier(features)  # [T, M, C]
+        logits = full(self.classifier(features))  # [T, M, C]
         loss = F.cross_entropy(logits.transpose(1, 2), global_labels, reduction="none").mean(1)  # [T]
         return StepOutput(loss.mean(), {"loss": loss.detach(), "acc": accuracy(logits, global_labels).detach()})
 

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from metarun.algorithms.base import Algorithm, StepOutput, gradient_surrogate
+from metarun.compute import full
 from metarun.episodes import EpisodeBatch
 from metarun.errors import MetarunError
 from metarun.models import use_batch_statistics
@@ -97,10 +98,10 @@ class MAML(Algorithm):
     def step(self, batch: EpisodeBatch, train: bool) -> StepOutput:
         steps = self.inner_steps if train else self.eval_inner_steps
         task = partial(self.task_loss, steps=steps, train=train)
-        output = self.run_tasks(task, (batch.support_x, batch.support_y, batch.query_x, batch.query_y), train)
-        if train:
-            self.meta_steps += 1
-        return output
+        return self.run_tasks(task, (batch.support_x, batch.support_y, batch.query_x, batch.query_y), train)
+
+    def end_meta_step(self) -> None:
+        self.meta_steps += 1
 
     def run_tasks(self, task: Callable[..., TaskOutput], inputs: tuple[Tensor, ...], train: bool) -> StepOutput:
         """Apply `task` to every task of the meta-batch (inputs [T, ...] each), batched or one by one."""
@@ -143,7 +144,7 @@ class MAML(Algorithm):
                     objective = objective + weights[k] * loss
                 else:
                     metrics |= step_metrics(self.task, out, query_y, loss, k)
-                    predictions[k] = out.detach()
+                    predictions[k] = full(out.detach())
             if k < steps:
                 fast = self.inner_update(fast, support, support_y, k, first_order)
         metrics |= {"loss": loss.detach(), **self.task.metrics(out.detach(), query_y)}

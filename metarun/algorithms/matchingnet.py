@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metarun.algorithms.base import Algorithm, StepOutput, accuracy, embed_episodes, require_classification
+from metarun.compute import float32, full
 from metarun.episodes import EpisodeBatch
 from metarun.tasks import Classification, Task
 
@@ -37,10 +38,11 @@ class MatchingNet(Algorithm):
     def log_probabilities(self, batch: EpisodeBatch) -> Tensor:
         support, query = embed_episodes(self.backbone, batch)  # [T, N*K, F], [T, N*Q, F]
         if self.fce is not None:
-            support, query = self.fce(support, query)
-        attention = (cosine_similarities(query, support) / self.temperature).softmax(dim=-1)  # [T, N*Q, N*K]
-        labels = F.one_hot(batch.support_y, batch.ways).to(attention.dtype)  # [T, N*K, N]
-        return (attention @ labels).clamp_min(1e-8).log()  # [T, N*Q, N]
+            support, query = map(full, self.fce(support, query))
+        with float32(support.device):  # the attention and its log need the bits
+            attention = (cosine_similarities(query, support) / self.temperature).softmax(dim=-1)  # [T, N*Q, N*K]
+            labels = F.one_hot(batch.support_y, batch.ways).to(attention.dtype)  # [T, N*K, N]
+            return (attention @ labels).clamp_min(1e-8).log()  # [T, N*Q, N]
 
 
 class FullContextEmbeddings(nn.Module):

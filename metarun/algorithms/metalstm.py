@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad
 
 from metarun.algorithms.base import Algorithm, StepOutput, gradient_surrogate
+from metarun.compute import float32, full
 from metarun.episodes import EpisodeBatch
 from metarun.models import use_batch_statistics
 from metarun.tasks import Classification, Task
@@ -60,7 +61,7 @@ class MetaLSTM(Algorithm):
                 meta_grads = [g if total is None else total + g for total, g in zip(meta_grads, grads)]
             losses.append(loss.detach())
             metrics.append(self.task.metrics(out.detach(), batch.query_y[t]))
-            predictions.append(out.detach())
+            predictions.append(full(out.detach()))
         loss = torch.stack(losses)
         objective = gradient_surrogate(params, meta_grads) if train else loss.mean()
         task_metrics = {name: torch.stack([m[name] for m in metrics]) for name in metrics[0]}
@@ -120,7 +121,9 @@ class MetaLSTMCell(nn.Module):
 
     def forward(self, x: Tensor, cell_state: Tensor, gradient: Tensor,
                 previous: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        i, f = self.gates(x, cell_state, previous)
+        # float32: in bf16 a forget gate near 1 could only be 1, 0.998 or 0.996.
+        with float32(cell_state.device):
+            i, f = self.gates(full(x), cell_state, previous)
         return f * cell_state - i * gradient, (i, f)
 
 

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from metarun.algorithms.base import Algorithm, StepOutput, accuracy, embed_episodes, require_classification
 from metarun.episodes import EpisodeBatch
+from metarun.compute import full
 from metarun.errors import MetarunError
 from metarun.tasks import Classification, Task
 
@@ -55,7 +56,7 @@ class RelationNet(Algorithm):
             query[:, :, None].expand(-1, -1, ways, -1, -1, -1),
             classes[:, None].expand(-1, n_query, -1, -1, -1, -1),
         ], dim=3)  # [T, M, N, 2C, h, w]
-        return self.relation(pairs.flatten(0, 2)).view(tasks, n_query, ways)
+        return full(self.relation(pairs.flatten(0, 2))).view(tasks, n_query, ways)  # float32: the MSE needs the bits
 
 
 class RelationModule(nn.Module):

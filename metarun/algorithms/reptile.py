@@ -13,6 +13,7 @@ from torch.func import functional_call, grad_and_value
 
 from metarun.algorithms.base import StepOutput
 from metarun.algorithms.maml import MAML, Params, TaskBatching, TaskOutput, step_metrics
+from metarun.compute import full
 from metarun.episodes import EpisodeBatch
 from metarun.errors import MetarunError
 from metarun.tasks import Task
@@ -64,10 +65,7 @@ class Reptile(MAML):
             steps, batch_size = self.eval_inner_steps, self.eval_inner_batch_size
         order = minibatch_order(batch.tasks, x.shape[1], steps, batch_size, x.device)
         task = partial(self.task_loss, steps=steps, train=train)
-        output = self.run_tasks(task, (x, y, batch.query_x, batch.query_y, order), train)
-        if train:
-            self.meta_steps += 1
-        return output
+        return self.run_tasks(task, (x, y, batch.query_x, batch.query_y, order), train)
 
     def task_loss(self, x: Tensor, y: Tensor, query_x: Tensor, query_y: Tensor, order: Tensor, steps: int, train: bool) -> TaskOutput:
         """x, y: the task's data [M, ...]; order: image indices per inner step [steps, B].
@@ -84,7 +82,7 @@ class Reptile(MAML):
                 out = functional_call(self.learner, fast, (query_x,))
                 loss = self.task.loss(out, query_y)
                 metrics |= step_metrics(self.task, out, query_y, loss, k)
-                predictions[k] = out
+                predictions[k] = full(out)
             if k < steps:
                 with torch.no_grad():  # no outer graph: Reptile needs only the adapted weights
                     grads, (batch_loss, batch_out) = grad_and_value(self._minibatch_loss, has_aux=True)(fast, x[order[k]], y[order[k]])

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metarun.algorithms.base import Algorithm, StepOutput, accuracy, embed_episodes, require_classification
+from metarun.compute import float32, full
 from metarun.episodes import EpisodeBatch
 from metarun.tasks import Classification, Task
 
@@ -30,14 +31,15 @@ class Siamese(Algorithm):
         positive_weight = torch.tensor(float(batch.ways - 1), device=logits.device)
         loss = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=positive_weight, reduction="none").mean((1, 2))
         one_hot = F.one_hot(batch.support_y, batch.ways).to(logits.dtype)  # [T, N*K, N]
-        class_scores = logits.sigmoid() @ one_hot / one_hot.sum(1, keepdim=True)  # mean similarity per class
+        with float32(logits.device):
+            class_scores = logits.sigmoid() @ one_hot / one_hot.sum(1, keepdim=True)  # mean similarity per class
         metrics = {"loss": loss.detach(), "acc": accuracy(class_scores, batch.query_y).detach()}
         scores = class_scores.detach().clamp_min(1e-12).log()  # softmax: the mean similarities, normalised
         return StepOutput(loss.mean(), metrics, {0: scores})
 
     def pair_logits(self, batch: EpisodeBatch) -> Tensor:
         support, query = embed_episodes(self.backbone, batch)  # [T, N*K, F], [T, N*Q, F]
-        return self.similarity_logits(query[:, :, None], support[:, None])
+        return full(self.similarity_logits(query[:, :, None], support[:, None]))
 
     def similarity_logits(self, a: Tensor, b: Tensor) -> Tensor:
         """The pair's logit from embeddings a, b [..., F] (broadcast) -> [...]; symmetric in a, b."""

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metarun.algorithms.base import Algorithm, StepOutput, accuracy, embed_episodes, require_classification
+from metarun.compute import full
 from metarun.episodes import EpisodeBatch
 from metarun.tasks import Classification, Task
 
@@ -60,7 +61,7 @@ class SNAIL(Algorithm):
         labels = F.one_hot(batch.support_y, self.ways).to(support.dtype)
         support = torch.cat([support, labels], dim=-1)
         query = torch.cat([query, query.new_zeros(*query.shape[:2], self.ways)], dim=-1)
-        return self.head(self.read(support, query)[1])
+        return full(self.head(self.read(support, query)[1]))
 
     def read(self, support: Tensor, query: Tensor) -> States:
         """Every block over the sequences (support..., query) of each query: support [T, S, C]
