@@ -33,6 +33,8 @@ def worker_arguments() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3, help="timed steps")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--malloc", choices=["default", "tuned"], default="default", help="glibc's, or metarun's setting")
+    parser.add_argument("--precision", default="auto", help="metarun's trainer.precision (the reference trains in fp32)")
+    parser.add_argument("--channels-last", default="auto", help="metarun's trainer.channels_last: auto, true or false")
     args = parser.parse_args()
     if args.malloc == "tuned":
         tune_malloc()

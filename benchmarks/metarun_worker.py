@@ -11,6 +11,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from common import measure, worker_arguments  # noqa: E402
 
 from metarun.algorithms import MAML, SNAIL, MetaLSTM, MetaSGD, ProtoNet, Reptile  # noqa: E402
+from metarun.compute import Compute, resolve_channels_last, resolve_precision  # noqa: E402
 from metarun.data.omniglot import load_omniglot  # noqa: E402
 from metarun.data.split import ImageSplit  # noqa: E402
 from metarun.episodes import EpisodeBatch, EpisodeSampler, EpisodeSpec  # noqa: E402
@@ -46,6 +47,8 @@ def main() -> None:
         algorithm = SNAIL(backbone, args.ways, args.shots)
     else:
         algorithm = ProtoNet(backbone)
+    compute = metarun_compute(args, algorithm.inner_loop)
+    compute.place(algorithm)
     optimizer = torch.optim.Adam(algorithm.parameters(), lr=1e-3)
     if args.data == "random":
         fixed = random_batch(args)
@@ -56,12 +59,21 @@ def main() -> None:
         next_batch = lambda: sampler.sample(args.tasks)  # noqa: E731
 
     def step():
-        output = algorithm.step(next_batch(), train=True)
+        with compute.autocast():
+            output = algorithm.step(next_batch(), train=True)
         optimizer.zero_grad(set_to_none=True)
         output.objective.backward()
         optimizer.step()
 
     measure(step, args)
+
+
+def metarun_compute(args, inner_loop: bool) -> Compute:
+    """What metarun's trainer resolves for these settings on the CPU (auto: its default)."""
+    device, shape = torch.device("cpu"), (1, 28, 28)
+    precision = resolve_precision(args.precision, device, shape, inner_loop)
+    channels_last = {"true": True, "false": False}.get(args.channels_last, args.channels_last)
+    return Compute(device, precision, resolve_channels_last(channels_last, device, shape, precision, inner_loop))
 
 
 if __name__ == "__main__":

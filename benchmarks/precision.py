@@ -31,6 +31,12 @@ WORKLOADS = {
                             {"inner_steps": 5}),
     "maml-mini": ("MAML 2nd order 5 steps, 32 filters, 5-way 1-shot x 2 tasks, 3x84x84", "maml", (3, 84, 84), 5, 1, 15, 2,
                   {"inner_steps": 5, "filters": 32}),
+    "fomaml-omniglot": ("FOMAML 1 step, 5-way 1-shot x 8 tasks, 1x28x28", "maml", (1, 28, 28), 5, 1, 15, 8, {"first_order": True}),
+    "reptile-omniglot": ("Reptile 5 inner Adam steps, 5-way 1-shot x 4 tasks, 1x28x28", "reptile", (1, 28, 28), 5, 1, 15, 4, {}),
+    "metalstm-omniglot": ("Meta-LSTM 5 steps, 5-way 1-shot x 2 tasks, 1x28x28", "metalstm", (1, 28, 28), 5, 1, 15, 2, {}),
+    "matchingnet-omniglot": ("Matching Networks 5-way 1-shot x 4 tasks, 1x28x28", "matchingnet", (1, 28, 28), 5, 1, 15, 4, {}),
+    "relationnet-omniglot": ("Relation Networks 5-way 1-shot x 4 tasks, 1x28x28", "relationnet", (1, 28, 28), 5, 1, 15, 4, {}),
+    "snail-omniglot": ("SNAIL 5-way 1-shot x 4 tasks, 1x28x28", "snail", (1, 28, 28), 5, 1, 15, 4, {}),
     "maml-sinusoid": ("MAML 2nd order 1 step, MLP 40-40, sinusoid 10-shot x 25 tasks", "maml-mlp", (1,), 1, 10, 10, 25, {}),
 }
 SETTINGS = {  # name: (trainer.precision, trainer.channels_last)
@@ -42,7 +48,7 @@ def worker(name: str, setting: str, steps: int, warmup: int) -> dict:
     import torch
 
     from benchmarks.common import peak_rss_mb
-    from metarun.algorithms import MAML, ProtoNet
+    from metarun.algorithms import MAML, SNAIL, MatchingNet, MetaLSTM, ProtoNet, RelationNet, Reptile
     from metarun.allocator import tune_malloc
     from metarun.compute import Compute, resolve_channels_last, resolve_precision
     from metarun.episodes import EpisodeBatch
@@ -58,16 +64,21 @@ def worker(name: str, setting: str, steps: int, warmup: int) -> dict:
         algorithm = MAML(MLP(shape, hidden=(40, 40)), ways=1, task=Regression(), inner_lr=0.01, **extra)
         labels = lambda k: torch.randn(tasks, k, 1)  # noqa: E731
     else:
-        backbone = Conv4(shape, filters=filters)
-        algorithm = ProtoNet(backbone) if method == "protonet" else MAML(backbone, ways, inner_lr=0.4, **extra)
+        backbone = Conv4(shape, filters=filters, pooled_blocks=2 if method == "relationnet" else None)
+        algorithm = {
+            "protonet": lambda: ProtoNet(backbone), "maml": lambda: MAML(backbone, ways, inner_lr=0.4, **extra),
+            "reptile": lambda: Reptile(backbone, ways, inner_steps=5), "metalstm": lambda: MetaLSTM(backbone, ways, inner_steps=5),
+            "matchingnet": lambda: MatchingNet(backbone), "relationnet": lambda: RelationNet(backbone),
+            "snail": lambda: SNAIL(backbone, ways, shots),
+        }[method]()
         labels = lambda k: torch.arange(ways).repeat_interleave(k).repeat(tasks, 1)  # noqa: E731
     per_class = 1 if method == "maml-mlp" else ways
     batch = EpisodeBatch(torch.rand(tasks, per_class * shots, *shape), labels(shots),
                          torch.rand(tasks, per_class * queries, *shape), labels(queries), torch.arange(ways).repeat(tasks, 1))
     device = torch.device("cpu")
     precision_setting, channels_setting = SETTINGS[setting]
-    precision = resolve_precision(precision_setting, device, shape)
-    compute = Compute(device, precision, resolve_channels_last(channels_setting, device, shape, precision))
+    precision = resolve_precision(precision_setting, device, shape, algorithm.inner_loop)
+    compute = Compute(device, precision, resolve_channels_last(channels_setting, device, shape, precision, algorithm.inner_loop))
     compute.place(algorithm)
     optimizer = torch.optim.Adam(algorithm.parameters(), lr=1e-3)
 

@@ -55,7 +55,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> Tr
     check_splits(splits, train_spec, eval_spec, choices.get("data", "the data set"))
     splits = splits.to(device)
     algorithm = build_algorithm(cfg, splits.train.input_shape, splits.task, device, choices)
-    compute = resolve_compute(settings, device, splits.train.input_shape)
+    compute = resolve_compute(settings, device, splits.train.input_shape, algorithm.inner_loop)
     compute.place(algorithm)
     compute = plan_memory(compute, settings, algorithm, splits, train_spec, eval_spec, cfg.seed, distributed)
     optimizer = make(cfg, "optim")(algorithm.parameters())
@@ -82,11 +82,12 @@ def build_trainer(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> Tr
     )
 
 
-def resolve_compute(settings: LoopSettings, device: torch.device, input_shape: tuple[int, ...]) -> Compute:
-    """trainer.precision and trainer.channels_last for this device and input (auto: what benchmarks/precision.py
-    measured faster and accuracy-neutral)."""
-    precision = resolve_precision(settings.precision, device, input_shape)
-    return Compute(device, precision, resolve_channels_last(settings.channels_last, device, input_shape, precision))
+def resolve_compute(settings: LoopSettings, device: torch.device, input_shape: tuple[int, ...], inner_loop: bool) -> Compute:
+    """trainer.precision and trainer.channels_last for this device, input and kind of method (auto:
+    what benchmarks/precision.py measured faster and accuracy-neutral)."""
+    precision = resolve_precision(settings.precision, device, input_shape, inner_loop)
+    channels_last = resolve_channels_last(settings.channels_last, device, input_shape, precision, inner_loop)
+    return Compute(device, precision, channels_last)
 
 
 def plan_memory(compute: Compute, settings: LoopSettings, algorithm, splits: DataSplits, train_spec: EpisodeSpec,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import ctypes
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -48,8 +49,8 @@ def plan_passes(setting: int | str | None, algorithm: Algorithm, probe: EpisodeB
         max_images = int(USABLE * available / max(per_task, 1) * train_images)
         if max_images < train_images:
             raise MetarunError(
-                f"one training task ({train_images} images) needs about {gib(per_task)} of memory and "
-                f"{gib(USABLE * available)} can be used on {compute.device}; use fewer ways, shots or queries, "
+                f"one training task ({train_images} images) needs about {readable(per_task)} of memory and "
+                f"{readable(USABLE * available)} can be used on {compute.device}; use fewer ways, shots or queries, "
                 "smaller images or a smaller backbone, or trainer.precision=bf16")
     elif isinstance(setting, int) and not isinstance(setting, bool) and setting > 0:
         max_images = setting
@@ -58,6 +59,8 @@ def plan_passes(setting: int | str | None, algorithm: Algorithm, probe: EpisodeB
                                "one training task; raise it or use auto")
     else:
         raise MetarunError(f"trainer.max_images_per_pass={setting!r} is invalid: use auto, a positive number of images, or null")
+    if setting == "auto":  # a power of two: the same plan for the same run despite the measurement's noise
+        max_images = train_images * 2 ** int(math.log2(max_images // train_images))
     plan = PassPlan(tasks=fewer(max_images // train_images, meta_batch_size),
                     eval_tasks=fewer(max(1, max_images // eval_images_per_task), eval_batch_size))
     if plan.tasks:
@@ -70,6 +73,19 @@ def plan_passes(setting: int | str | None, algorithm: Algorithm, probe: EpisodeB
 def fewer(fits: int, whole: int) -> int | None:
     """`fits` if it splits `whole`, else None."""
     return fits if fits < whole else None
+
+
+def resumed_plan(saved: PassPlan, measured: PassPlan) -> PassPlan:
+    """The passes a resumed run trains in: the interrupted run's, so that it ends with the same
+    numbers, except where they no longer fit in the memory measured now."""
+    def smaller(a: int | None, b: int | None) -> int | None:
+        return b if a is None else a if b is None else min(a, b)
+
+    plan = PassPlan(smaller(saved.tasks, measured.tasks), smaller(saved.eval_tasks, measured.eval_tasks))
+    if plan != saved:
+        log.warning("the interrupted run passed %s tasks at a time, which no longer fits; resuming with %s "
+                    "(methods whose batch norm spans a pass may end slightly differently)", saved.tasks or "all", plan.tasks)
+    return plan
 
 
 def task_peak_bytes(algorithm: Algorithm, probe: EpisodeBatch, compute: Compute) -> int | None:
@@ -149,5 +165,5 @@ def cgroup_headroom() -> int | None:
         return None
 
 
-def gib(size: float) -> str:
-    return f"{size / 2**30:.1f} GiB"
+def readable(size: float) -> str:
+    return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.0f} MiB"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +20,7 @@ from metarun.episodes import EpisodeSampler, FixedEpisodes
 from metarun.errors import MetarunError
 from metarun.interrupts import RunInterrupted, StopRequests
 from metarun.loggers import NullLogger
+from metarun.memory import PassPlan, resumed_plan
 from metarun.pictures import episode_grid, is_image_episode
 from metarun.results import summarize, write_json
 
@@ -329,8 +330,16 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
         self.scaler.load_state_dict(state.get("scaler") or {})
+        self._resume_passes(state["metadata"])
         checkpoints.restore_rng_states(state["rng"])
         self.progress = Progress(**state["progress"])
+
+    def _resume_passes(self, saved: dict) -> None:
+        """Train in the interrupted run's passes where they still fit (memory.resumed_plan)."""
+        measured = PassPlan(self.compute.tasks_per_pass, self.compute.eval_tasks_per_pass)
+        plan = resumed_plan(PassPlan(saved.get("tasks_per_pass"), saved.get("eval_tasks_per_pass")), measured)
+        self.compute = replace(self.compute, tasks_per_pass=plan.tasks, eval_tasks_per_pass=plan.eval_tasks)
+        self.metadata |= self.compute.describe()
 
     def _elapsed_since(self, start: float) -> float:
         if self.device.type == "cuda":

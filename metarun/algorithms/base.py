@@ -43,6 +43,10 @@ class Algorithm(nn.Module, ABC):
     that fit in memory; then `end_meta_step()` once per update.
     """
 
+    # Whether the method adapts to each task by gradient steps: bf16 rounding compounds through
+    # them, so `auto` keeps such methods in fp32 (metarun/compute.py).
+    inner_loop: bool = False
+
     @abstractmethod
     def step(self, batch: EpisodeBatch, train: bool) -> StepOutput:
         ...

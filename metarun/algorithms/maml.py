@@ -48,6 +48,8 @@ class MAML(Algorithm):
     first_order_steps > 0: first order for this many meta-steps, then second order.
     """
 
+    inner_loop = True
+
     def __init__(
         self,
         backbone: nn.Module,

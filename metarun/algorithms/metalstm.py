@@ -34,6 +34,8 @@ class MetaLSTM(Algorithm):
     (meta-training and meta-testing alike; no running statistics).
     """
 
+    inner_loop = True
+
     def __init__(self, backbone: nn.Module, ways: int, task: Task | None = None, inner_steps: int = 12,
                  eval_inner_steps: int | None = None, hidden_size: int = 20):
         super().__init__()

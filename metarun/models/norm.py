@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from metarun.compute import full
+
 
 class BatchNorm2d(nn.BatchNorm2d):
     """nn.BatchNorm2d that can normalise with an explicit mean and variance (`explicit = True`).
@@ -19,12 +21,14 @@ class BatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, C, H, W]
         if not self.explicit or self.track_running_stats:
             return super().forward(x)
+        dtype = x.dtype
+        x = full(x)  # statistics of bf16 maps in float32, as the fused kernel keeps them
         mean = x.mean(dim=(0, 2, 3), keepdim=True)
         var = x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
         x = (x - mean) * torch.rsqrt(var + self.eps)
         if self.affine:
             x = x * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
-        return x
+        return x.to(dtype)
 
 
 def use_batch_statistics(module: nn.Module, explicit: bool = False) -> None:
