@@ -28,6 +28,8 @@ def worker_arguments() -> argparse.Namespace:
     parser.add_argument("--first-order", type=int, default=0)
     parser.add_argument("--tasks", type=int, default=32, help="tasks per meta-batch (step)")
     parser.add_argument("--ways", type=int, default=5)
+    parser.add_argument("--image-size", type=int, default=28, help="random tensors of this side (omniglot data: 28)")
+    parser.add_argument("--channels", type=int, default=1)
     parser.add_argument("--shots", type=int, default=1)
     parser.add_argument("--queries", type=int, default=15)
     parser.add_argument("--steps", type=int, default=3, help="timed steps")

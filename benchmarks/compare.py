@@ -25,6 +25,13 @@ WORKLOADS = {
     "maml-1st-5step": ("MAML 1st order, 5 steps, Conv4 max-pool", MAML + ["--inner-steps", "5", "--first-order", "1", "--steps", "2"]),
     "maml-2nd-1step-stride": ("MAML 2nd order, 1 step, Conv4 strided (MAML paper)", MAML + ["--pooling", "stride"]),
     "protonet": ("ProtoNet, 1 episode per step, Conv4 max-pool", ["--method", "protonet", "--tasks", "1", "--steps", "40", "--warmup", "3"]),
+    "protonet-60way": ("ProtoNet 60-way 1-shot 5-query, 1 episode per step", ["--method", "protonet", "--tasks", "1", "--ways", "60",
+                                                                               "--queries", "5", "--steps", "10", "--warmup", "2"]),
+    # miniImageNet shapes (random tensors only): 84x84 RGB.
+    "maml-mini": ("MAML 2nd order, 5 steps, 32 filters, 84x84 RGB", MAML[:2] + ["--tasks", "4", "--inner-steps", "5", "--filters", "32",
+                                                                          "--image-size", "84", "--channels", "3", "--steps", "2"]),
+    "protonet-mini": ("ProtoNet 5-way 5-shot, 84x84 RGB", ["--method", "protonet", "--tasks", "1", "--shots", "5", "--image-size", "84",
+                                                           "--channels", "3", "--steps", "10", "--warmup", "2"]),
 }
 
 
@@ -44,6 +51,8 @@ def main() -> None:
     parser.add_argument("--data", default="random,omniglot", help="random (tensors made once) and/or omniglot (end to end)")
     parser.add_argument("--malloc", default="default,tuned", help="allocator settings to compare, the same on both sides")
     parser.add_argument("--repeats", type=int, default=1, help="alternate the two sides this often; report the medians")
+    parser.add_argument("--reference-malloc", help="the reference's allocator instead of the same as metarun's "
+                        "(default: out of the box, each side's own default: --malloc tuned --reference-malloc default)")
     args = parser.parse_args()
 
     rows = ["| workload | data | malloc | metarun tasks/s | learn2learn tasks/s | ratio | metarun peak MB | learn2learn peak MB |",
@@ -57,10 +66,11 @@ def main() -> None:
                 for _ in range(args.repeats):  # alternating, so a slow spell of the machine hits both sides
                     ours.append(run_worker(sys.executable, "metarun_worker.py", full))
                     if args.reference_python:
-                        ref.append(run_worker(args.reference_python, "learn2learn_worker.py", full))
+                        reference_args = full if not args.reference_malloc else full[:-1] + [args.reference_malloc]
+                        ref.append(run_worker(args.reference_python, "learn2learn_worker.py", reference_args))
                 ours, ref = _median(ours), _median(ref)
                 ratio = f"{ours['tasks_per_s'] / ref['tasks_per_s']:.2f}x" if ours and ref else "n/a"
-                cells = [label, data, malloc, _fmt(ours, "tasks_per_s"), _fmt(ref, "tasks_per_s"), ratio,
+                cells = [label, data, malloc if not args.reference_malloc else f"{malloc} / {args.reference_malloc}", _fmt(ours, "tasks_per_s"), _fmt(ref, "tasks_per_s"), ratio,
                          _fmt(ours, "peak_rss_mb", 0), _fmt(ref, "peak_rss_mb", 0)]
                 rows.append("| " + " | ".join(cells) + " |")
                 print(rows[-1], flush=True)

@@ -23,7 +23,9 @@ import learn2learn as l2l  # noqa: E402
 def model(args) -> torch.nn.Module:
     if args.pooling == "stride":
         return l2l.vision.models.OmniglotCNN(args.ways)  # stride-2 convolutions, mean over space
-    return l2l.vision.models.CNN4(args.ways, channels=1, max_pool=True, embedding_size=64)
+    side = args.image_size // 16  # four max-pools
+    return l2l.vision.models.CNN4(args.ways, hidden_size=args.filters, channels=args.channels, max_pool=True,
+                                  embedding_size=args.filters * side * side)
 
 
 def omniglot_tasks(args):
@@ -60,8 +62,9 @@ def main() -> None:
     args = worker_arguments()
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
-    fixed = [(torch.rand(args.ways * args.shots, 1, 28, 28, generator=g), torch.arange(args.ways).repeat_interleave(args.shots),
-              torch.rand(args.ways * args.queries, 1, 28, 28, generator=g), torch.arange(args.ways).repeat_interleave(args.queries))
+    shape = (args.channels, args.image_size, args.image_size)
+    fixed = [(torch.rand(args.ways * args.shots, *shape, generator=g), torch.arange(args.ways).repeat_interleave(args.shots),
+              torch.rand(args.ways * args.queries, *shape, generator=g), torch.arange(args.ways).repeat_interleave(args.queries))
              for _ in range(args.tasks)]
     tasks, root = omniglot_tasks(args) if args.data == "omniglot" else (None, None)
 

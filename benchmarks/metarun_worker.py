@@ -21,9 +21,10 @@ from metarun.models import Conv4  # noqa: E402
 def random_batch(args) -> EpisodeBatch:
     g = torch.Generator().manual_seed(0)
     labels = lambda k: torch.arange(args.ways).repeat_interleave(k).repeat(args.tasks, 1)  # noqa: E731
+    shape = (args.channels, args.image_size, args.image_size)
     return EpisodeBatch(
-        torch.rand(args.tasks, args.ways * args.shots, 1, 28, 28, generator=g), labels(args.shots),
-        torch.rand(args.tasks, args.ways * args.queries, 1, 28, 28, generator=g), labels(args.queries),
+        torch.rand(args.tasks, args.ways * args.shots, *shape, generator=g), labels(args.shots),
+        torch.rand(args.tasks, args.ways * args.queries, *shape, generator=g), labels(args.queries),
         torch.arange(args.ways).repeat(args.tasks, 1),
     )
 
@@ -31,7 +32,7 @@ def random_batch(args) -> EpisodeBatch:
 def main() -> None:
     args = worker_arguments()
     torch.manual_seed(0)
-    backbone = Conv4((1, 28, 28), filters=args.filters, pooling=args.pooling)
+    backbone = Conv4((args.channels, args.image_size, args.image_size), filters=args.filters, pooling=args.pooling)
     inner = dict(inner_steps=args.inner_steps, first_order=bool(args.first_order), task_batching="loop")
     if args.method == "maml":
         algorithm = MAML(backbone, args.ways, inner_lr=0.4, **inner)
@@ -70,7 +71,7 @@ def main() -> None:
 
 def metarun_compute(args, inner_loop: bool) -> Compute:
     """What metarun's trainer resolves for these settings on the CPU (auto: its default)."""
-    device, shape = torch.device("cpu"), (1, 28, 28)
+    device, shape = torch.device("cpu"), (args.channels, args.image_size, args.image_size)
     precision = resolve_precision(args.precision, device, shape, inner_loop)
     channels_last = {"true": True, "false": False}.get(args.channels_last, args.channels_last)
     return Compute(device, precision, resolve_channels_last(channels_last, device, shape, precision, inner_loop))

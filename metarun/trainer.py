@@ -254,7 +254,7 @@ class Trainer:
         """Per-episode metrics [E] on fixed episodes, in eval mode without an outer graph."""
         self.algorithm.eval()
         per_episode = defaultdict(list)
-        per_pass = min(self.settings.eval_batch_size, self.compute.eval_tasks_per_pass or self.settings.eval_batch_size)
+        per_pass = self.compute.eval_tasks_per_pass or self.settings.eval_batch_size  # fewer where memory says so
         with torch.no_grad(), self.compute.autocast():
             for index, batch in enumerate(episodes.batches(per_pass)):
                 if self.distributed.owns(index):
