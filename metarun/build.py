@@ -245,7 +245,7 @@ def run_metadata(cfg: DictConfig, choices: dict[str, str], device: torch.device,
         "device": str(device),
         "versions": {
             "metarun": metarun.__version__,
-            "torch": torch.__version__,
+            "torch": str(torch.__version__),  # a str subclass that weights-only loading refuses
             "torchvision": _version("torchvision"),
             "python": platform.python_version(),
         },

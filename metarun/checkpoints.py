@@ -1,14 +1,21 @@
-"""Checkpoints written atomically, holding everything a resumed run needs to continue exactly."""
+"""Checkpoints written atomically, holding everything a resumed run needs to continue exactly.
+
+Every checkpoint holds tensors and plain values only, and is read with `weights_only=True`, so a
+run folder from someone else cannot run code when it is resumed or predicted with.
+"""
 
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from metarun.errors import MetarunError
 
 
 def save_atomic(payload: dict, path: Path) -> None:
@@ -21,8 +28,11 @@ def save_atomic(payload: dict, path: Path) -> None:
 
 
 def rng_states() -> dict:
-    """The global random number generators' states (Python, NumPy, torch CPU and CUDA)."""
-    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The global random number generators' states (Python, NumPy, torch CPU and CUDA), as
+    tensors and plain values: NumPy's key array becomes a tensor."""
+    name, keys, position, has_gauss, cached_gauss = np.random.get_state()
+    states = {"python": random.getstate(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gauss],
+              "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -30,16 +40,22 @@ def rng_states() -> dict:
 
 def restore_rng_states(states: dict) -> None:
     random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    name, keys, position, has_gauss, cached_gauss = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gauss))
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def load(path: Path) -> dict:
-    """Load onto the CPU: RNG states must live there, and load_state_dict moves weights to their device."""
-    # weights_only=False: the payload holds RNG states (NumPy arrays, tuples) that we wrote ourselves.
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """Load onto the CPU (RNG states must live there; load_state_dict moves weights to their
+    device), refusing in one line a file that holds anything but tensors and plain values."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise MetarunError(f"{path} holds more than tensors and plain values, so it was not loaded: it may run code "
+                           "(a file crafted to), or it was written by a metarun before checkpoints became weights-only; "
+                           "train the run again") from None
 
 
 # What may change between a run and its resumption: how long it trains and how it reports.

@@ -1,0 +1,64 @@
+"""Checkpoints hold tensors and plain values only: a crafted one is refused before its pickle runs."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from metarun import checkpoints
+from metarun.build import train
+from metarun.errors import MetarunError
+from metarun.predict import predict
+from tests.conftest import compose_run
+
+
+class RunsCode:
+    """Unpickling this calls open(marker, "w"): a stand-in for any code a crafted file could run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_a_run_writes_checkpoints_that_load_weights_only(tmp_path):
+    cfg, choices = compose_run(["debug=smoke", "logger=none", "scheduler=cosine"])
+    train(cfg, tmp_path, choices)
+    for name in ("last.pt", "best.pt"):
+        state = torch.load(tmp_path / name, map_location="cpu", weights_only=True)
+        assert "algorithm" in state
+
+
+def test_random_states_survive_the_plain_form():
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    saved = checkpoints.rng_states()
+    expected = random.random(), np.random.rand(), torch.rand(1)
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    checkpoints.restore_rng_states(saved)
+    assert (random.random(), np.random.rand(), torch.rand(1)) == expected
+
+
+@pytest.mark.parametrize("name", ["last.pt", "best.pt"])
+def test_a_crafted_checkpoint_is_refused_in_one_line_and_its_payload_never_runs(tmp_path, name):
+    marker = tmp_path / "payload-ran"
+    torch.save({"algorithm": RunsCode(marker), "metadata": {}}, tmp_path / name)
+    with pytest.raises(MetarunError, match="holds more than tensors and plain values, so it was not loaded"):
+        checkpoints.load(tmp_path / name)
+    assert not marker.exists()
+
+
+def test_resuming_or_predicting_with_a_crafted_checkpoint_is_refused(tmp_path):
+    cfg, choices = compose_run(["debug=smoke", "logger=none", "algo=protonet"])
+    train(cfg, tmp_path, choices)
+    marker = tmp_path / "payload-ran"
+    torch.save({"algorithm": RunsCode(marker), "metadata": {}}, tmp_path / "last.pt")
+    resume, _ = compose_run(["debug=smoke", "logger=none", "algo=protonet", "trainer.resume=true"])
+    with pytest.raises(MetarunError, match="last.pt holds more than tensors"):
+        train(resume, tmp_path, choices)
+    with pytest.raises(MetarunError, match="holds more than tensors"):
+        predict(tmp_path, tmp_path, [])
+    assert not marker.exists()
