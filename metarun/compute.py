@@ -1,4 +1,5 @@
-"""How a run computes on its device: precision, memory format and tasks per pass, resolved in one place.
+"""How a run computes on its device: precision and memory format resolved here, once, with the
+device (tasks per pass are planned by memory.py and carried here too).
 
 No method and no loader reads these settings: the trainer runs every step under `autocast()`,
 the algorithm's weights are laid out by `place()`, and methods turn autocast off (`float32`)
@@ -50,7 +51,9 @@ class Compute:
         return module
 
     def grad_scaler(self) -> torch.amp.GradScaler:
-        """fp16 needs its loss scaled against underflow; for any other precision a no-op scaler."""
+        """fp16 needs its loss scaled against underflow; for any other precision a no-op scaler.
+        It scales what the trainer backpropagates: gradients a method takes inside its step (inner
+        loops, MAML's per-task loop) stay unscaled, one reason auto never picks fp16."""
         return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
 
     def describe(self) -> dict:

@@ -74,6 +74,6 @@ def test_runs_killed_at_random_moments_resume_to_identical_results(tmp_path):
 
 @pytest.mark.slow
 def test_many_kill_and_resume_trials_some_inside_a_save(tmp_path):
-    outcomes = kill_and_resume(tmp_path, trials=8, seed=1)
+    outcomes = kill_and_resume(tmp_path, trials=6, seed=1)
     assert all(identical for _, identical in outcomes), outcomes
     assert any(in_save for in_save, _ in outcomes)  # the slowed saves were hit at least once
