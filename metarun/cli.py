@@ -71,11 +71,11 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def lookup(results: dict, metric: str) -> float:
-    """results["val"]["best_acc"] for metric "val/best_acc"."""
+    """results["val"]["best_acc"] for metric "val/best_acc"; NaN where no value was finite."""
     value = results
     for part in metric.split("/"):
         value = value[part]
-    return float(value)
+    return float("nan") if value is None else float(value)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,24 @@ def summarize(per_episode: dict[str, Tensor]) -> dict:
 
 
 def write_json(path: Path, payload: dict) -> None:
-    """Write atomically, so a reader never sees half a file."""
+    """Write atomically, so a reader never sees half a file; a NaN or infinity becomes null (valid
+    JSON for every reader) and its key is listed under "not_finite"."""
+    not_finite: list[str] = []
+    payload = finite_or_null(payload, not_finite)
+    if not_finite:
+        payload["not_finite"] = not_finite
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        json.dump(payload, handle, indent=2, default=str)
+        json.dump(payload, handle, indent=2, default=str, allow_nan=False)
     os.replace(handle.name, path)
+
+
+def finite_or_null(value, not_finite: list[str], key: str = ""):
+    """`value` with every non-finite float replaced by None, recording the dotted keys replaced."""
+    if isinstance(value, dict):
+        return {name: finite_or_null(item, not_finite, f"{key}{name}.") for name, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(item, not_finite, key) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        not_finite.append(key.rstrip("."))
+        return None
+    return value

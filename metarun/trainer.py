@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import defaultdict
@@ -23,6 +24,8 @@ from metarun.loggers import NullLogger
 from metarun.memory import PassPlan, resumed_plan
 from metarun.pictures import episode_grid, is_image_episode
 from metarun.results import summarize, write_json
+
+log = logging.getLogger("metarun")
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class Progress:
     best_step: int = 0
     train_seconds: float = 0.0
     skipped_steps: int = 0
+    skipped_validations: int = 0  # not finite, under trainer.on_nonfinite=skip
 
 
 class Trainer:
@@ -211,6 +215,8 @@ class Trainer:
     def _validate(self, step: int) -> None:
         summary = summarize(self.evaluate(self.val_episodes))
         value = summary[self.monitor]
+        if not math.isfinite(value):
+            self._non_finite_validation(step, value)
         self.logger.log_scalars({f"val/{self.monitor}": value, "val/loss": summary["loss"]}, step)
         self._postfix[f"val_{self.monitor}"] = f"{value:.3f}"
         self._picture_predictions(step)
@@ -218,6 +224,17 @@ class Trainer:
             self.progress.best_val, self.progress.best_step = value, step
             self._save({"algorithm": self.algorithm.state_dict(), "step": step}, "best.pt")
         self._save(self._state(), "last.pt")
+
+    def _non_finite_validation(self, step: int, value: float) -> None:
+        """Stop keeping the last good checkpoint, as a non-finite training loss does, or count it and go on."""
+        if self.settings.on_nonfinite == "skip":
+            self.progress.skipped_validations += 1
+            self.logger.log_scalars({"val/skipped": self.progress.skipped_validations}, step)
+            return
+        raise MetarunError(
+            f"non-finite validation {self.monitor} = {value} at step {step}: the weights diverge on the validation "
+            f"episodes; {self.run_dir / 'last.pt'} keeps the weights of the validation before it; "
+            "lower the learning rates (optim.lr, algo.inner_lr), or set trainer.on_nonfinite=skip")
 
     def _save(self, state: dict, name: str) -> None:
         if self.distributed.is_main:
@@ -272,6 +289,9 @@ class Trainer:
         if (self.run_dir / "best.pt").exists():  # else no validation score was finite: test the last weights
             self.algorithm.load_state_dict(checkpoints.load(self.run_dir / "best.pt")["algorithm"])
         test = summarize(self.evaluate(self.test_episodes))
+        if not math.isfinite(test[self.monitor]):
+            log.warning("test %s is %s over %d episodes: the weights diverge on some test episodes (lower optim.lr or "
+                        "algo.inner_lr); results.json records null", self.monitor, test[self.monitor], test["episodes"])
         self._draw_figures()
         progress, metric = self.progress, self.monitor
         tasks = progress.step * self.settings.meta_batch_size

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 
@@ -198,6 +199,29 @@ def test_on_nonfinite_skip_skips_the_update_counts_it_and_finishes(smoke_cfg, tm
     assert all(p.isfinite().all() for p in trainer.algorithm.parameters())
 
 
+# A 10-step inner loop at rate 0.5 diverges on sinusoids: every validation and test MSE is NaN.
+DIVERGING = ["data=sinusoid", "algo=maml", "backbone=mlp", "episode=sinusoid_5shot", "algo.inner_lr=0.5", "algo.eval_inner_steps=10"]
+
+
+def test_a_non_finite_validation_stops_the_run_in_one_line_keeping_the_last_checkpoint(smoke_cfg, tmp_path):
+    cfg, choices = smoke_cfg(*DIVERGING)
+    with pytest.raises(MetarunError, match=r"non-finite validation mse = nan at step 2: .* lower the learning rates"):
+        train(cfg, tmp_path, choices)
+    assert not (tmp_path / "results.json").exists() and not (tmp_path / "best.pt").exists()
+
+
+def test_skipped_non_finite_validations_are_counted_and_results_stay_valid_json(smoke_cfg, tmp_path, caplog):
+    from metarun.cli import lookup
+
+    cfg, choices = smoke_cfg(*DIVERGING, "trainer.on_nonfinite=skip", "logger=tensorboard")
+    results = train(cfg, tmp_path, choices)
+    assert "test mse is nan over 8 episodes" in caplog.text
+    written = json.loads((tmp_path / "results.json").read_text(), parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+    assert written["test"]["mse"] is None and written["val"]["best_mse"] is None
+    assert {"test.mse", "test.mse_ci95"} <= set(written["not_finite"])
+    assert written["steps"] == 4 and math.isnan(lookup(results, "val/best_mse"))  # what a sweeper gets: NaN, no traceback
+
+
 def poison_at_step_3(trainer, monkeypatch):
     """Make the third meta-batch's images NaN, so its loss and meta-gradient are NaN."""
     sample = trainer.sampler.sample
@@ -299,7 +323,7 @@ def test_a_run_stopped_before_its_first_validation_can_be_finished_at_that_step(
 def test_a_non_finite_validation_score_never_becomes_the_best(smoke_cfg, tmp_path, monkeypatch):
     nan = {"loss": torch.tensor([float("nan")]), "acc": torch.tensor([float("nan")])}
     monkeypatch.setattr(Trainer, "evaluate", lambda self, episodes: nan)
-    cfg, choices = smoke_cfg("trainer.steps=4", "trainer.eval_every=2")
+    cfg, choices = smoke_cfg("trainer.steps=4", "trainer.eval_every=2", "trainer.on_nonfinite=skip")  # by default it stops
     results = train(cfg, tmp_path, choices)
     assert results["val"]["best_acc"] is None and not (tmp_path / "best.pt").exists()
     assert (tmp_path / "results.json").exists()  # tested with the last weights
