@@ -95,3 +95,16 @@ def test_every_experiment_composes_and_says_where_its_number_comes_from(experime
 def test_debug_configs_turn_any_run_into_a_cpu_run_on_synthetic_data(debug):
     cfg, choices = compose_run([f"debug={debug}", "experiment=maml_omniglot_20w1s"])
     assert choices["data"] == "synthetic" and cfg.device == "cpu"
+
+
+@pytest.mark.parametrize("algo", ["maml", "fomaml", "anil", "mamlpp", "metasgd"])
+def test_a_methods_settings_for_one_data_set_come_with_the_pair(algo):
+    # The natural command `metarun algo=maml data=sinusoid backbone=mlp` diverged with Omniglot's rate of 0.4.
+    cfg, choices = compose_run([f"algo={algo}", "data=sinusoid", "backbone=mlp"])
+    assert cfg.algo.inner_lr == 0.01 and choices["algo_data"] == f"{algo}_sinusoid"
+    if algo == "metasgd":
+        assert list(cfg.algo.inner_lr_range) == [0.005, 0.1] and cfg.algo.eval_inner_steps == 1
+    assert compose_run([f"algo={algo}"])[0].algo.inner_lr == (0.1 if algo == "mamlpp" else 0.4)  # Omniglot keeps its own
+    assert compose_run([f"algo={algo}", "data=sinusoid", "backbone=mlp", "algo.inner_lr=0.02"])[0].algo.inner_lr == 0.02
+    for name in options("algo_data"):
+        assert name.split("_", 1)[0] in options("algo") and name.split("_", 1)[1] in options("data")
