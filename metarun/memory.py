@@ -51,7 +51,9 @@ def plan_passes(setting: int | str | None, algorithm: Algorithm, probe: EpisodeB
             raise MetarunError(
                 f"one training task ({train_images} images) needs about {readable(per_task)} of memory and "
                 f"{readable(USABLE * available)} can be used on {compute.device}; use fewer ways, shots or queries, "
-                "smaller images or a smaller backbone, or trainer.precision=bf16")
+                "smaller images or a smaller backbone" + (", or trainer.precision=bf16" if compute.precision == "fp32" else ""))
+        # A power of two tasks: the same plan for the same run despite the measurement's noise.
+        max_images = train_images * 2 ** int(math.log2(max_images // train_images))
     elif isinstance(setting, int) and not isinstance(setting, bool) and setting > 0:
         max_images = setting
         if max_images < train_images:
@@ -59,8 +61,6 @@ def plan_passes(setting: int | str | None, algorithm: Algorithm, probe: EpisodeB
                                "one training task; raise it or use auto")
     else:
         raise MetarunError(f"trainer.max_images_per_pass={setting!r} is invalid: use auto, a positive number of images, or null")
-    if setting == "auto":  # a power of two: the same plan for the same run despite the measurement's noise
-        max_images = train_images * 2 ** int(math.log2(max_images // train_images))
     plan = PassPlan(tasks=fewer(max_images // train_images, meta_batch_size),
                     eval_tasks=fewer(max(1, max_images // eval_images_per_task), eval_batch_size))
     if plan.tasks:
