@@ -3,7 +3,7 @@ PYTHON ?= python
 SHARED_DATA ?= $(abspath ../shared/data)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow test-full smoke tb bench clean
+.PHONY: help install test test-slow test-full smoke tb bench reproduce clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ L2L_PYTHON ?= /tmp/l2l/bin/python
 
 bench: ## Measure MAML and ProtoNet throughput against learn2learn (see benchmarks/README.md)
 	$(PYTHON) benchmarks/compare.py --reference-python $(L2L_PYTHON) --omniglot $(SHARED_DATA)/omniglot
+
+reproduce: ## Train the runs of benchmarks/reproduce.yaml not yet recorded (resuming), then rewrite RESULTS.md (hours)
+	$(PYTHON) benchmarks/reproduce.py --data $(SHARED_DATA)
 
 clean: ## Remove run folders, caches and build files
 	rm -rf outputs multirun build dist *.egg-info .pytest_cache

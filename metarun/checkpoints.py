@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from metarun.errors import MetarunError
 
@@ -58,8 +59,17 @@ def load(path: Path) -> dict:
                            "train the run again") from None
 
 
-# What may change between a run and its resumption: how long it trains and how it reports.
-RESUMABLE_CHANGES = ("trainer.steps", "trainer.resume", "trainer.progress", "trainer.log_every", "logger.", "malloc")
+def read_run(run: Path) -> tuple[dict, dict[str, Tensor]]:
+    """The run's metadata (config, input format) and its best weights (the last ones if no best)."""
+    last, best = run / "last.pt", run / "best.pt"
+    if not last.is_file():
+        raise MetarunError(f"no run in {run}: it has no last.pt; give run=<the run folder of a metarun training run>")
+    return load(last)["metadata"], load(best if best.is_file() else last)["algorithm"]
+
+
+# What may change between a run and its resumption: how long it trains, how it reports, where its data lies.
+RESUMABLE_CHANGES = ("trainer.steps", "trainer.resume", "trainer.progress", "trainer.log_every", "logger.", "malloc",
+                     "data.root", "data.cache_dir")  # the same data, found elsewhere (a run moved to another machine)
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:

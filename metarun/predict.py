@@ -64,7 +64,7 @@ def predict(run: Path, support: Path, queries: list[Path], device: str = "cpu") 
     from metarun.episodes import EpisodeBatch
     from metarun.tasks import Classification
 
-    metadata, weights = read_run(run)
+    metadata, weights = checkpoints.read_run(run)
     image_format = metadata.get("input")
     if not image_format:
         raise MetarunError(f"the run in {run} was trained on {metadata.get('data')}, which has no images to classify")
@@ -93,14 +93,6 @@ def predict(run: Path, support: Path, queries: list[Path], device: str = "cpu") 
     probabilities = scores[max(scores)][0, :, : len(class_names)].float().softmax(-1).cpu()  # [M, N]
     confidence, chosen = probabilities.max(-1)
     return [Prediction(str(f), class_names[c], float(p)) for f, c, p in zip(queries, chosen.tolist(), confidence.tolist())]
-
-
-def read_run(run: Path) -> tuple[dict, dict[str, Tensor]]:
-    """The run's metadata (config, input format) and its best weights (the last ones if no best)."""
-    last, best = run / "last.pt", run / "best.pt"
-    if not last.is_file():
-        raise MetarunError(f"no run in {run}: it has no last.pt; give run=<the run folder of a metarun training run>")
-    return checkpoints.load(last)["metadata"], checkpoints.load(best if best.is_file() else last)["algorithm"]
 
 
 def read_support(folder: Path) -> tuple[list[str], list[Path], list[int]]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -19,6 +18,7 @@ from metarun.compute import Compute
 from metarun.distributed import SingleProcess
 from metarun.episodes import EpisodeSampler, FixedEpisodes
 from metarun.errors import MetarunError
+from metarun.evaluation import evaluate
 from metarun.interrupts import RunInterrupted, StopRequests
 from metarun.loggers import NullLogger
 from metarun.memory import PassPlan, resumed_plan
@@ -268,18 +268,8 @@ class Trainer:
         return best is None or (value > best if self.higher_is_better else value < best)
 
     def evaluate(self, episodes: FixedEpisodes) -> dict[str, torch.Tensor]:
-        """Per-episode metrics [E] on fixed episodes, in eval mode without an outer graph."""
-        self.algorithm.eval()
-        per_episode = defaultdict(list)
-        per_pass = self.compute.eval_tasks_per_pass or self.settings.eval_batch_size  # fewer where memory says so
-        with torch.no_grad(), self.compute.autocast():
-            for index, batch in enumerate(episodes.batches(per_pass)):
-                if self.distributed.owns(index):
-                    for name, values in self.algorithm.step(batch, train=False).metrics.items():
-                        per_episode[name].append(values)
-        self.algorithm.train()
-        per_episode = self.distributed.gather_episodes(per_episode)
-        return {name: torch.cat(values).cpu() for name, values in per_episode.items()}
+        """Per-episode metrics [E] on fixed episodes (metarun.evaluation.evaluate)."""
+        return evaluate(self.algorithm, episodes, self.compute, self.settings.eval_batch_size, self.distributed)
 
     def _test(self, wall_seconds: float) -> dict:
         self.distributed.barrier()  # rank 0 has written its checkpoints: every process sees the same files

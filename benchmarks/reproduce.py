@@ -1,0 +1,199 @@
+"""Reproduce the published numbers: train each run of benchmarks/reproduce.yaml, score its rows, write RESULTS.md.
+
+    python benchmarks/reproduce.py --data ../shared/data                       # every run not yet in benchmarks/results/
+    python benchmarks/reproduce.py --data ../shared/data --runs 'protonet_*'   # some of them
+    python benchmarks/reproduce.py --table                                     # only RESULTS.md, from the committed results
+
+Each run trains with `trainer.resume=auto` in outputs/reproduce/<run>/, so an interrupted table
+continues where it stopped; its rows are then scored (the run's own test, or `metarun-eval` on
+other test episodes) and everything the table needs goes to benchmarks/results/<run>.json, which
+is committed with the code. RESULTS.md is drawn from those files alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PLAN = ROOT / "benchmarks" / "reproduce.yaml"
+RESULTS = ROOT / "benchmarks" / "results"
+TABLE = ROOT / "RESULTS.md"
+RUNS = Path("outputs") / "reproduce"  # relative to the repository root, as the commands are printed
+WITHIN = 1.0  # points: a row "matches" its paper when at most this far below it
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, help="the folder holding omniglot/ and cifar100/ (../shared/data)")
+    parser.add_argument("--runs", nargs="*", default=["*"], help="run ids or patterns, run in this order (default: all, in the file's order)")
+    parser.add_argument("--table", action="store_true", help="only write RESULTS.md from benchmarks/results/")
+    args = parser.parse_args()
+    plan = load_plan()
+    if not args.table:
+        if args.data is None:
+            parser.error("--data is needed to train (or give --table)")
+        os.environ["METARUN_DATA"] = str(args.data.resolve())
+        os.chdir(ROOT)  # run folders and commands relative to the repository root
+        # In the order asked for: a queue of runs for the background, cheapest first if you like.
+        chosen = list(dict.fromkeys(run for pattern in args.runs for run in plan["runs"] if fnmatch.fnmatch(run, pattern)))
+        for run in chosen:
+            reproduce(run, plan["runs"][run])
+            TABLE.write_text(render(plan, load_records()))  # after each run: the table grows as rows land
+    TABLE.write_text(render(plan, load_records()))
+    print(f"wrote {TABLE.relative_to(ROOT)}")
+
+
+def load_plan(path: Path = PLAN) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def load_records(folder: Path = RESULTS) -> dict[str, dict]:
+    return {path.stem: json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))}
+
+
+def train_command(run: str, spec: dict) -> list[str]:
+    return ["metarun", *spec["train"], "trainer.resume=auto", "trainer.progress=false", f"hydra.run.dir={RUNS / run}"]
+
+
+def eval_command(run: str, overrides: list[str]) -> list[str]:
+    return ["metarun-eval", f"run={RUNS / run}", *overrides]
+
+
+def reproduce(run: str, spec: dict) -> None:
+    """Train `run` unless its folder holds a finished run of the same command, score its rows, record them."""
+    from metarun.rescore import rescore
+
+    record_path = RESULTS / f"{run}.json"
+    recorded = json.loads(record_path.read_text()) if record_path.exists() else {}
+    wanted = [" ".join(row["eval"]) for row in spec["rows"] if row.get("eval")]
+    if recorded.get("train") == spec["train"] and all(key in recorded["evals"] for key in wanted):
+        print(f"{run}: recorded in {record_path.relative_to(ROOT)}")
+        return
+    folder = RUNS / run
+    if not finished(folder, spec["train"]):
+        print(f"{run}: {' '.join(train_command(run, spec))}", flush=True)
+        subprocess.run(train_command(run, spec), check=True)
+    evals = {}
+    for row in spec["rows"]:
+        if row.get("eval"):
+            print(f"{run}: {' '.join(eval_command(run, row['eval']))}", flush=True)
+            evals[" ".join(row["eval"])], _ = rescore(folder, row["eval"])
+    record = {
+        "train": spec["train"],
+        "results": json.loads((folder / "results.json").read_text()),
+        "val_curve": validation_curve(folder),
+        "evals": evals,
+        "machine": machine(),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    record_path.write_text(json.dumps(record, indent=1) + "\n")
+
+
+def finished(folder: Path, train: list[str]) -> bool:
+    """Whether `folder` holds the results of a run started with the `train` overrides."""
+    overrides = folder / ".hydra" / "overrides.yaml"
+    if not (folder / "results.json").exists() or not overrides.exists():
+        return False
+    return [o for o in yaml.safe_load(overrides.read_text()) if o.partition("=")[0] in {t.partition("=")[0] for t in train}] == train
+
+
+def validation_curve(folder: Path) -> list[list[float]]:
+    """[[step, value], ...] of the monitored validation metric, from the run's TensorBoard events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    metric = json.loads((folder / "results.json").read_text())["metric"]
+    events = EventAccumulator(str(folder / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    if f"val/{metric}" not in events.Tags()["scalars"]:
+        return []
+    return [[event.step, event.value] for event in events.Scalars(f"val/{metric}")]
+
+
+def machine() -> str:
+    """The CPU (or GPU) the run trained on, as a reader of the table needs it."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    return f"{model}, {os.cpu_count()} cores"
+
+
+# ---------------------------------------------------------------- the table
+
+
+def render(plan: dict, records: dict[str, dict]) -> str:
+    """RESULTS.md: one row per (method, data, setting), then each run's commands."""
+    lines = [
+        "# Results: published numbers against metarun's",
+        "",
+        "Written by `python benchmarks/reproduce.py` from `benchmarks/results/` (do not edit by hand); the runs and",
+        "the papers' numbers are listed in `benchmarks/reproduce.yaml`. Test accuracy is the mean over fixed test",
+        "episodes (`eval_seed=0`) with its 95% confidence interval; Δ is metarun minus the paper, in points, and ✓",
+        f"marks a row at most {WITHIN:g} point below its paper. Best at: the validation step that chose the tested",
+        "weights, and the validation accuracy there and at the last step (still rising when the best is the last).",
+        "",
+        "| Method | Data | Setting | Paper | metarun | Δ | Steps (paper's) | Best at (val) | Train min | Device, precision | Protocol |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    matched = scored = 0
+    hours = 0.0
+    for run, spec in plan["runs"].items():
+        record = records.get(run)
+        if record:
+            hours += record["results"]["train"]["seconds"] / 3600
+        for row in spec["rows"]:
+            cells, match = row_cells(run, spec, row, record)
+            lines.append("| " + " | ".join(cells) + " |")
+            scored += match is not None
+            matched += bool(match)
+    lines += ["", f"{matched} of {scored} rows with a paper number are within {WITHIN:g} point of it; "
+              f"{hours:.1f} training hours in all.", ""]
+    lines += ["## Data", ""] + [f"- **{name}**: {note}" for name, note in plan.get("data_notes", {}).items()]
+    lines += ["", "## Commands", "", "From the repository root, with `METARUN_DATA` the folder holding `omniglot/` and `cifar100/`:", ""]
+    for run, spec in plan["runs"].items():
+        commands = [" ".join(train_command(run, spec))] + [" ".join(eval_command(run, row["eval"])) for row in spec["rows"] if row.get("eval")]
+        lines += [f"**{run}**" + ("" if run in records else " (not run yet)"), "", "```bash", *commands, "```", ""]
+    return "\n".join(lines)
+
+
+def row_cells(run: str, spec: dict, row: dict, record: dict | None) -> tuple[list[str], bool | None]:
+    """The row's cells, and whether it is within WITHIN of its paper (None: no paper number, or not run)."""
+    paper = row.get("paper")
+    paper_cell = f"{paper:.2f} ({row['source']})" if paper is not None else f"— ({row['source']})"
+    method, data = run.split("_")[0], run.split("_")[1]
+    if record is None:
+        return [method, data, row["setting"], paper_cell, "not run yet", "", str(spec["paper_steps"]), "", "", "", row["protocol"]], None
+    results = record["results"]
+    test = record["evals"][" ".join(row["eval"])]["test"] if row.get("eval") else results["test"]
+    ours, ci = 100 * test["acc"], 100 * test["acc_ci95"]
+    delta = ours - paper if paper is not None else None
+    match = None if delta is None else delta >= -WITHIN
+    curve = record["val_curve"]
+    best_step = results["val"]["best_step"]
+    best_cell = f"{best_step} ({100 * results['val']['best_acc']:.1f}; last {100 * curve[-1][1]:.1f})" if curve else str(best_step)
+    cells = [
+        results["algorithm"], results["data"], row["setting"], paper_cell,
+        f"{ours:.2f} ± {ci:.2f} ({test['episodes']} ep.)",
+        "" if delta is None else f"{delta:+.2f}" + (" ✓" if match else ""),
+        f"{results['steps']:,} ({spec['paper_steps']})",
+        best_cell,
+        f"{results['train']['seconds'] / 60:.0f}",
+        f"{record['machine']}; {results.get('precision', 'fp32')}",
+        row["protocol"],
+    ]
+    return cells, match
+
+
+if __name__ == "__main__":
+    sys.exit(main())

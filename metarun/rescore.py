@@ -1,0 +1,157 @@
+"""metarun-eval: score a trained run's model again, on other fixed test episodes.
+
+    metarun-eval run=outputs/reproduce/protonet_omniglot_20w1s episode=5way_1shot
+    metarun-eval run=<folder> episode.shots=5 trainer.test_episodes=1000 eval_seed=1
+
+The papers train one model and test it in several settings (ProtoNet's 60-way model at 5 and 20
+ways); this follows them without training twice. The run's own command is composed again with
+the overrides given here, so they read as they would on `metarun`'s command line. Only what the
+test episodes are (episode, data, eval_seed, trainer.test_episodes), how they are computed
+(device, precision, batch sizes) and evaluation-time settings of the method (algo.eval_*) may
+change: the model is the run's best.pt. The scores go to <run>/eval_<setting>.json.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from metarun import checkpoints
+from metarun.errors import MetarunError
+
+USAGE = "usage: metarun-eval run=<run folder> [episode=5way_1shot] [episode.shots=5] [trainer.test_episodes=1000] [eval_seed=1] [data.root=...]"
+
+# Keys an evaluation may change: the episodes it scores on and how it computes them.
+EVALUATION_KEYS = ("episode.", "data.", "eval_seed", "device", "deterministic", "malloc", "algo.eval_", "logger.",
+                   "trainer.test_episodes", "trainer.eval_batch_size", "trainer.precision", "trainer.channels_last",
+                   "trainer.max_images_per_pass", "trainer.progress", "trainer.resume")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print(__doc__.strip() + "\n\n" + USAGE)
+        return
+    try:
+        run, overrides = parse_arguments(args)
+        result, path = rescore(run, overrides)
+    except MetarunError as error:
+        print(f"metarun-eval: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    test, metric, setting = result["test"], result["metric"], result["setting"]
+    print(f"test {metric} {test[metric]:.4f} ± {test[metric + '_ci95']:.4f} over {test['episodes']} episodes "
+          f"({setting['data']}, {setting['ways']}-way {setting['shots']}-shot, {setting['queries']} queries); written to {path}")
+
+
+def parse_arguments(args: list[str]) -> tuple[Path, list[str]]:
+    runs = [arg.partition("=")[2] for arg in args if arg.startswith("run=")]
+    if len(runs) != 1 or not runs[0]:
+        raise MetarunError(f"give the run folder once, as run=<folder>; {USAGE}")
+    overrides = [arg for arg in args if not arg.startswith("run=")]
+    loose = [arg for arg in overrides if "=" not in arg]
+    if loose:
+        raise MetarunError(f"unknown argument {loose[0]}: give key=value overrides; {USAGE}")
+    return Path(runs[0]), overrides
+
+
+def rescore(run: Path, overrides: list[str]) -> tuple[dict, Path]:
+    """Score the run's best weights on the test episodes its config plus `overrides` describe;
+    returns the results and the eval_<setting>.json they were written to."""
+    from metarun.build import (build_algorithm, check_settings, check_splits, episode_specs, loop_settings, make,
+                               plan_memory, resolve_compute, resolve_device, seed_everything)
+    from metarun.distributed import SingleProcess
+    from metarun.episodes import FixedEpisodes
+    from metarun.evaluation import evaluate
+    from metarun.results import summarize, write_json
+
+    metadata, weights = checkpoints.read_run(run)
+    cfg, choices = compose(run, overrides)
+    check_changes(metadata.get("config", {}), OmegaConf.to_container(cfg, resolve=True))
+    check_settings(cfg)
+    device = resolve_device(cfg.device)
+    train_spec, eval_spec = episode_specs(cfg.episode)
+    settings = loop_settings(cfg.trainer)
+    seed_everything(cfg.seed)
+    splits = make(cfg, "data")
+    check_splits(splits, train_spec, eval_spec, choices.get("data", "the data set"))
+    trained_shape = (metadata.get("input") or {}).get("shape")
+    if trained_shape is not None and list(splits.test.input_shape) != list(trained_shape):
+        raise MetarunError(f"data={choices.get('data')} gives inputs of shape {list(splits.test.input_shape)}; "
+                           f"the run was trained on {list(trained_shape)}")
+    splits = splits.to(device)
+    cfg.backbone.weights = None  # the checkpoint holds the trained weights
+    algorithm = build_algorithm(cfg, splits.train.input_shape, splits.task, device, choices)
+    algorithm.load_state_dict(weights)
+    compute = resolve_compute(settings, device, splits.train.input_shape, algorithm.inner_loop)
+    compute.place(algorithm)
+    compute = plan_memory(compute, settings, algorithm, splits, train_spec, eval_spec, cfg.seed, SingleProcess())
+    episodes = FixedEpisodes(splits.test, eval_spec, settings.test_episodes, cfg.eval_seed, "test")
+    metric = splits.task.monitor
+    setting = {"data": choices.get("data"), "ways": eval_spec.ways, "shots": eval_spec.shots,
+               "queries": eval_spec.queries, "episodes": settings.test_episodes, "eval_seed": cfg.eval_seed}
+    result = {
+        "metric": metric,
+        "test": summarize(evaluate(algorithm, episodes, compute, settings.eval_batch_size)),
+        "setting": setting,
+        "run": str(run),
+        "weights": "best.pt" if (run / "best.pt").is_file() else "last.pt",
+        "command": " ".join(["metarun-eval", f"run={run}", *overrides]),
+        "overrides": overrides,
+        "device": str(device),
+        **compute.describe(),
+    }
+    path = run / f"eval_{setting_name(setting)}.json"
+    write_json(path, result)
+    return result, path
+
+
+def setting_name(setting: dict) -> str:
+    """omniglot_5way_1shot_15q_1000ep_seed0: everything that makes one set of test episodes."""
+    return (f"{setting['data']}_{setting['ways']}way_{setting['shots']}shot_{setting['queries']}q_"
+            f"{setting['episodes']}ep_seed{setting['eval_seed']}")
+
+
+def compose(run: Path, overrides: list[str]) -> tuple[DictConfig, dict[str, str]]:
+    """The run's own command line (its .hydra/overrides.yaml) with `overrides` replacing or adding keys,
+    composed as `metarun` would; and the chosen option of each config group."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from metarun.cli import config_dir
+
+    saved = run / ".hydra" / "overrides.yaml"
+    if not saved.is_file():
+        raise MetarunError(f"{saved} is missing: metarun-eval recomposes the run's command from it (runs started with `metarun` have one)")
+    merged = {override_key(o): o for o in OmegaConf.to_container(OmegaConf.load(saved)) if not o.startswith("hydra.")}
+    merged.update({override_key(o): o for o in overrides})
+    try:
+        with initialize_config_dir(config_dir(), version_base="1.3", job_name="metarun-eval"):
+            cfg = hydra_compose("train", overrides=list(merged.values()), return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as error:
+        raise MetarunError(str(error).splitlines()[0]) from None
+    choices = {group: choice for group, choice in cfg.hydra.runtime.choices.items() if isinstance(choice, str)}
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg, choices
+
+
+def override_key(override: str) -> str:
+    """The key an override sets: `episode` for episode=5way_1shot, `trainer.steps` for +trainer.steps=1."""
+    return override.partition("=")[0].lstrip("+~")
+
+
+def check_changes(trained: dict, now: dict) -> None:
+    """Refuse, in one line, an override that would score another model than the one trained."""
+    changed = [key for key in checkpoints.config_differences(trained, now) if not key.startswith(EVALUATION_KEYS)]
+    if changed:
+        raise MetarunError(f"metarun-eval scores the run's trained model, so {', '.join(changed)} cannot change; "
+                           "only episode.*, data.*, eval_seed, device, trainer.test_episodes, trainer.eval_batch_size, "
+                           "trainer.precision and algo.eval_* can")
+
+
+if __name__ == "__main__":
+    main()

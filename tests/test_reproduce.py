@@ -1,0 +1,59 @@
+"""benchmarks/reproduce.py: RESULTS.md is exactly what the committed results files say."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from metarun.cli import config_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def reproduce():
+    spec = importlib.util.spec_from_file_location("reproduce", REPO / "benchmarks" / "reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_results_md_is_the_table_of_the_committed_results(reproduce):
+    expected = reproduce.render(reproduce.load_plan(), reproduce.load_records())
+    assert (REPO / "RESULTS.md").read_text() == expected, "RESULTS.md is stale: run python benchmarks/reproduce.py --table"
+
+
+def test_every_run_names_an_experiment_config_and_every_row_a_paper_source(reproduce):
+    experiments = {p.stem for p in (Path(config_dir()) / "experiment").glob("*.yaml")}
+    for run, spec in reproduce.load_plan()["runs"].items():
+        named = [o.partition("=")[2] for o in spec["train"] if o.startswith("experiment=")]
+        assert named and named[0] in experiments, run
+        assert all(row["source"] and row["protocol"] and row["setting"] for row in spec["rows"]), run
+
+
+def record(acc: float, eval_acc: float | None = None) -> dict:
+    test = {"acc": acc, "acc_ci95": 0.002, "episodes": 1000}
+    return {
+        "train": ["experiment=x"],
+        "results": {"algorithm": "protonet", "data": "omniglot", "test": test, "steps": 20000, "precision": "bf16",
+                    "val": {"best_acc": 0.95, "best_step": 19000}, "train": {"seconds": 1800.0}},
+        "val_curve": [[1000, 0.9], [20000, 0.949]],
+        "evals": {} if eval_acc is None else {"episode=5way_1shot": {"test": test | {"acc": eval_acc}}},
+        "machine": "a CPU, 2 cores",
+    }
+
+
+def test_a_row_within_one_point_is_marked_and_counted_and_one_below_is_not(reproduce):
+    plan = {"runs": {"protonet_omniglot_20w1s": {"train": ["experiment=x"], "paper_steps": "early stopping", "rows": [
+        {"setting": "20-way 1-shot", "paper": 96.0, "source": "Snell", "protocol": "p"},
+        {"setting": "5-way 1-shot", "eval": ["episode=5way_1shot"], "paper": 98.8, "source": "Snell", "protocol": "q"}]}}}
+    table = reproduce.render(plan, {"protonet_omniglot_20w1s": record(0.9512, eval_acc=0.9770)})
+    assert "| 95.12 ± 0.20 (1000 ep.) | -0.88 ✓ |" in table  # the run's own test
+    assert "| 97.70 ± 0.20 (1000 ep.) | -1.10 |" in table  # the 5-way score from metarun-eval
+    assert "1 of 2 rows with a paper number are within 1 point" in table
+    assert "| 19000 (95.0; last 94.9) | 30 |" in table
+    assert "0.5 training hours" in table
+    waiting = reproduce.render(plan, {})
+    assert waiting.count("not run yet") == 2 + 1  # two rows, and the run's commands
