@@ -254,12 +254,16 @@ def run_metadata(cfg: DictConfig, choices: dict[str, str], device: torch.device,
 
 
 def run_hparams(cfg: DictConfig, choices: dict[str, str]) -> dict:
-    """The TensorBoard HParams row: the chosen options and every scalar of algo, backbone, episode and optim."""
+    """The TensorBoard HParams row: the settings researchers sweep under short names, then every
+    scalar option of the method, backbone and optimiser (a method's options are absent for the others)."""
     hparams = {group: choices.get(group) for group in ("algo", "data", "backbone", "experiment") if choices.get(group)}
-    hparams.update(seed=cfg.seed, steps=cfg.trainer.steps, meta_batch_size=cfg.trainer.meta_batch_size)
-    for group in ("algo", "backbone", "episode", "optim"):
+    episode = cfg.episode
+    hparams.update(seed=cfg.seed, ways=episode.ways, shots=episode.shots, queries=episode.queries,
+                   train_ways=episode.train_ways, train_queries=episode.train_queries, lr=cfg.optim.lr,
+                   steps=cfg.trainer.steps, meta_batch_size=cfg.trainer.meta_batch_size)
+    for group in ("algo", "backbone", "optim"):
         for key, value in OmegaConf.to_container(cfg[group], resolve=True).items():
-            if not key.startswith("_") and isinstance(value, (int, float, str, bool)):
+            if not key.startswith("_") and key not in ("ways", "lr") and isinstance(value, (int, float, str, bool)):
                 hparams[f"{group}.{key}"] = value
     return hparams
 

@@ -19,7 +19,7 @@ class NullLogger:
     def log_scalars(self, scalars: dict[str, float], step: int) -> None:
         pass
 
-    def log_hparams(self, hparams: dict, metrics: dict[str, float]) -> None:
+    def log_hparams(self, hparams: dict) -> None:
         pass
 
     def log_figure(self, tag: str, figure, step: int) -> None:
@@ -53,12 +53,19 @@ class TensorBoardLogger(NullLogger):
         for name, value in scalars.items():
             self.writer.add_scalar(name, value, step)
 
-    def log_hparams(self, hparams: dict, metrics: dict[str, float]) -> None:
-        """Write the HParams entry into this run's own event file (add_hparams would start a
-        stray sub-run folder)."""
+    def log_hparams(self, hparams: dict) -> None:
+        """The run's HParams entry, in its own event file (add_hparams would start a stray sub-run).
+
+        Only the session's start and end are written, not an experiment summary: TensorBoard then
+        derives the columns from every run in the folder, so options that vary between the runs
+        come first, a method's options are blank for the other methods, and every scalar the runs
+        logged (the final test/*, val/best_* and train/* values included) is a metric column."""
         from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-        for summary in hparams_summary(hparams, metrics):
+        # torch writes a bool as the number 0 or 1; as text it reads true or false.
+        shown = {name: str(value).lower() if isinstance(value, bool) else value for name, value in hparams.items()}
+        _experiment, session_start, session_end = hparams_summary(shown, {})
+        for summary in (session_start, session_end):
             self.writer.file_writer.add_summary(summary)
 
     def log_figure(self, tag: str, figure, step: int) -> None:

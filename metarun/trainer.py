@@ -294,9 +294,12 @@ class Trainer:
             "wall_s": wall_seconds,
             **self.metadata,
         }
-        final = {f"test/{metric}": test[metric], f"test/{metric}_ci95": test[f"{metric}_ci95"], f"val/best_{metric}": progress.best_val}
-        self.logger.log_scalars({f"test/{metric}": test[metric], "test/loss": test["loss"]}, progress.step)
-        self.logger.log_hparams(self.hparams, final)
+        # Scalars at the last step, so TensorBoard's HParams table shows each of them for every run.
+        final = {f"test/{metric}": test[metric], f"test/{metric}_ci95": test[f"{metric}_ci95"], "test/loss": test["loss"],
+                 f"val/best_{metric}": progress.best_val, "train/minutes": progress.train_seconds / 60,
+                 "train/tasks_per_s": results["train"]["tasks_per_s"]}
+        self.logger.log_scalars({name: value for name, value in final.items() if value is not None}, progress.step)
+        self.logger.log_hparams(self.hparams)
         if self.distributed.is_main:
             write_json(self.run_dir / "results.json", results)
         return results

@@ -45,7 +45,10 @@ def test_tensorboard_has_train_val_test_scalars_and_one_hparams_entry(smoke_cfg,
     assert {"train/loss", "train/acc", "val/acc", "test/acc"} <= tags
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
     plugin = events.PluginTagToContent("hparams")
-    assert "_hparams_/experiment" in plugin and "_hparams_/session_start_info" in plugin
+    # The session alone: TensorBoard derives the table's columns from every run (tests/test_hparams.py).
+    assert "_hparams_/session_start_info" in plugin and "_hparams_/session_end_info" in plugin
+    assert "_hparams_/experiment" not in plugin
+    assert {"test/acc_ci95", "val/best_acc", "train/minutes", "train/tasks_per_s"} <= tags
 
 
 @pytest.mark.parametrize("algo", ["maml", "fomaml", "anil", "protonet", "metasgd", "mamlpp", "reptile", "matchingnet",
