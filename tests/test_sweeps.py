@@ -1,11 +1,14 @@
 """Sweeps beyond the basic one: the Optuna sweeper, the joblib and submitit launchers, and
 metarun-report over a sweep folder. The plugins are the [sweep] and [slurm] extras, which
-`make install` (and so CI) installs."""
+`make install` (and so CI) installs: without them these tests fail rather than skip."""
 
 from __future__ import annotations
 
 import pytest
 import yaml
+import hydra_plugins.hydra_joblib_launcher  # noqa: F401  (the extras: an ImportError fails the module)
+import hydra_plugins.hydra_optuna_sweeper  # noqa: F401
+import hydra_plugins.hydra_submitit_launcher  # noqa: F401
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
@@ -19,7 +22,6 @@ SMOKE = [*SHORT, "logger=none"]
 
 @pytest.mark.parametrize("search", ["maml_omniglot", "protonet_omniglot"])
 def test_every_hparams_search_composes_into_an_optuna_sweep_maximising_the_runs_value(search):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("train", overrides=[f"hparams_search={search}"], return_hydra_config=True)
     assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
@@ -28,7 +30,6 @@ def test_every_hparams_search_composes_into_an_optuna_sweep_maximising_the_runs_
 
 
 def test_an_optuna_search_of_three_trials_reports_its_best_run(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     done = metarun("hparams_search=protonet_omniglot", "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={tmp_path / 'sweep'}",
                    *SMOKE, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -40,7 +41,6 @@ def test_an_optuna_search_of_three_trials_reports_its_best_run(tmp_path):
 
 
 def test_a_joblib_sweep_of_four_jobs_and_its_report(tmp_path, capsys):
-    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     sweep = tmp_path / "sweep"
     done = metarun("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "algo=protonet,maml", "seed=0,1",
                    *SHORT, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
@@ -52,9 +52,11 @@ def test_a_joblib_sweep_of_four_jobs_and_its_report(tmp_path, capsys):
     printed = capsys.readouterr().out
     table = (sweep / "report.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| #")]
-    assert len(rows) == 4 and printed.strip() in table
-    assert "| algo | seed |" in table  # the swept overrides are columns
+    assert len(rows) == 4 and printed.split("\nwrote ")[0].strip() in table
+    assert "| shots | seed | metric |" in table  # the swept seed is a column; algo is the algorithm column
     assert len((sweep / "report.csv").read_text().splitlines()) == 5
+    grouped = (sweep / "report_grouped.csv").read_text().splitlines()
+    assert len(grouped) == 3 and all(",2,acc," in line for line in grouped[1:])  # each method's two seeds, averaged
     for name in ("val_curves.png", "test_scores.png"):
         with Image.open(sweep / name) as image:
             image.verify()
@@ -62,7 +64,6 @@ def test_a_joblib_sweep_of_four_jobs_and_its_report(tmp_path, capsys):
 
 
 def test_the_slurm_preset_composes_and_the_local_submitit_executor_runs_a_sweep(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
     launcher = cfg.hydra.launcher
