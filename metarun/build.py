@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import platform
 import random
@@ -142,10 +143,13 @@ def make(cfg: DictConfig, key: str, **kwargs):
 
 
 def loop_settings(trainer: DictConfig) -> LoopSettings:
-    try:
-        return LoopSettings(**trainer)
-    except TypeError as error:  # a key the loop does not know, added with +trainer.<key>
-        raise MetarunError(f"trainer: {error}".replace("LoopSettings.__init__() ", "")) from None
+    known = [field.name for field in dataclasses.fields(LoopSettings)]
+    unknown = sorted(set(trainer) - set(known))
+    if unknown:  # a key the loop does not know, added with +trainer.<key>
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f"; did you mean trainer.{close[0]}?" if close else f" (trainer has: {', '.join(known)})"
+        raise MetarunError(f"trainer.{unknown[0]} is not a setting of the training loop{hint}")
+    return LoopSettings(**trainer)
 
 
 def episode_specs(episode: DictConfig) -> tuple[EpisodeSpec, EpisodeSpec]:
@@ -160,8 +164,9 @@ def check_settings(cfg: DictConfig) -> None:
     if missing:
         raise MetarunError(f"{missing[0]} has no value (???); give it on the command line: {missing[0]}=...")
     rules = [
-        ("episode.ways", 1, "at least 1"),  # classification asks for 2 (ImageSplit.check)
-        ("episode.train_ways", 1, "at least 1"),
+        # One rule for ways, here and in ImageSplit.check (which knows the data's task).
+        ("episode.ways", 1, "at least 2 for classification, 1 for regression"),
+        ("episode.train_ways", 1, "at least 2 for classification, 1 for regression"),
         ("episode.shots", 1, "at least 1"),
         ("episode.queries", 1, "at least 1"),
         ("episode.train_queries", 1, "at least 1"),

@@ -1,19 +1,19 @@
-"""The `metarun` command: the Hydra entry point and nothing else; training lives in build.py and trainer.py."""
+"""The `metarun` command: the Hydra entry point and nothing else; training lives in build.py and trainer.py.
+
+Hydra and torch are imported only once Ctrl-C and SIGTERM answer in one line, so a stop in the
+first seconds is as quiet as one during training.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import shlex
+import shutil
 import sys
 from pathlib import Path
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
-
-from metarun.allocator import tune_malloc
-from metarun.errors import MetarunError
-from metarun.interrupts import RunInterrupted
+from metarun.interrupts import Interrupted, RunInterrupted, exit_code, interrupt_on_signals
 
 log = logging.getLogger("metarun")
 
@@ -25,14 +25,37 @@ def config_dir() -> str:
 
 
 def run() -> None:
-    """The console script: an output folder that cannot be made is one line, before Hydra tries."""
-    folders = [value for key, _, value in (arg.partition("=") for arg in sys.argv[1:]) if key in ("hydra.run.dir", "hydra.sweep.dir")]
+    """The console script: bad folders and unknown options are one line before Hydra starts, and a
+    stop before training is one line too."""
+    interrupt_on_signals()
+    try:
+        problem = command_line_problem(sys.argv[1:])
+        if problem:
+            print(f"metarun: error: {problem}", file=sys.stderr)
+            sys.exit(2)
+        main()
+    except Interrupted as stopped:
+        for key, _, value in (arg.partition("=") for arg in sys.argv[1:]):
+            if key == "hydra.run.dir":  # made by writable() or by Hydra, before the job could clean up
+                remove_if_unused(Path(value))
+        print(f"metarun: stopped ({stopped.signal_name}) before training began; nothing to resume", file=sys.stderr)
+        sys.exit(exit_code(stopped.signal_name))
+
+
+def command_line_problem(args: list[str]) -> str | None:
+    """What is wrong with the command line in one line (an output folder that cannot be written,
+    an option or key that does not exist, with the closest valid names), or None."""
+    from metarun.overrides import unknown_override
+
+    unknown = unknown_override(args, Path(config_dir()))
+    if unknown:
+        return unknown
+    folders = [value for key, _, value in (arg.partition("=") for arg in args) if key in ("hydra.run.dir", "hydra.sweep.dir")]
     for folder in folders or ["outputs"]:
         if not writable(Path(folder), create=bool(folders)):
-            print(f"metarun: error: the output folder {folder} cannot be written; choose another with hydra.run.dir=... "
-                  "(hydra.sweep.dir=... for -m)", file=sys.stderr)
-            sys.exit(2)
-    main()
+            return (f"the output folder {folder} cannot be written; choose another with hydra.run.dir=... "
+                    "(hydra.sweep.dir=... for -m)")
+    return None
 
 
 def writable(folder: Path, create: bool) -> bool:
@@ -48,26 +71,55 @@ def writable(folder: Path, create: bool) -> bool:
     return existing.is_dir() and os.access(existing, os.W_OK)
 
 
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    """Train one run; returns `optimized_metric` for sweepers that maximise it."""
+def main() -> None:
+    """Hydra's entry point over train.yaml, parsing sys.argv (hydra.main, imported only now)."""
+    import hydra
+
+    hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")(train_job)()
+
+
+def train_job(cfg) -> float | None:
+    """Train one run (a job of a sweep); returns `optimized_metric` for sweepers that maximise it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from metarun.allocator import tune_malloc
     from metarun.build import train  # heavy imports after Hydra has parsed the command line
+    from metarun.errors import MetarunError
 
     if cfg.get("malloc") == "tuned":
         tune_malloc()
     runtime = HydraConfig.get().runtime
+    run_dir = Path(runtime.output_dir)
     try:
-        results = train(cfg, Path(runtime.output_dir), dict(runtime.choices))
+        results = train(cfg, run_dir, dict(runtime.choices))
     except MetarunError as error:
+        remove_if_unused(run_dir)
         print(f"metarun: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted:
+        remove_if_unused(run_dir)
+        raise
     except RunInterrupted as stopped:
-        print(f"metarun: {stopped}", file=sys.stderr)
+        print(f"metarun: {stopped}; continue with: {resume_command(run_dir)}", file=sys.stderr)
         sys.exit(stopped.exit_code)
     test, metric = results["test"], results["metric"]
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the run
         log.info("test %s %.4f ± %.4f over %d episodes; results in %s", metric, test[metric], test[f"{metric}_ci95"], test["episodes"], runtime.output_dir)
     return lookup(results, cfg.get("optimized_metric") or f"val/best_{metric}")
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that continues this job: its own overrides, resuming from its folder."""
+    from hydra.core.hydra_config import HydraConfig
+
+    kept = [o for o in HydraConfig.get().overrides.task if o.partition("=")[0] not in ("trainer.resume", "hydra.run.dir")]
+    return shlex.join(["metarun", *kept, "trainer.resume=true", f"hydra.run.dir={run_dir}"])
+
+
+def remove_if_unused(run_dir: Path) -> None:
+    """A run that stopped before its first checkpoint leaves no folder behind (only Hydra's files were in it)."""
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "cli.log", "tb"}:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def lookup(results: dict, metric: str) -> float:

@@ -1,10 +1,35 @@
-"""Stop a run cleanly on SIGINT or SIGTERM: finish the current step, checkpoint, exit."""
+"""Stop a run cleanly on SIGINT or SIGTERM, at any phase.
+
+Before training (imports, config, data) and during the final test, a signal raises Interrupted,
+which the command turns into one line; during training, StopRequests lets the loop finish its
+step and checkpoint first.
+"""
 
 from __future__ import annotations
 
 import signal
 import sys
 import threading
+
+
+class Interrupted(KeyboardInterrupt):
+    """A SIGINT or SIGTERM outside the training loop (a KeyboardInterrupt, so nothing catches it as an error)."""
+
+    def __init__(self, signal_name: str = "SIGINT"):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+def raise_interrupted(signum: int, frame) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def interrupt_on_signals() -> None:
+    """From now on SIGINT and SIGTERM raise Interrupted (SIGTERM would otherwise end the process
+    without a word); the training loop installs its own handlers while it runs."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, raise_interrupted)
 
 
 class StopRequests:
@@ -35,8 +60,15 @@ class StopRequests:
 
 
 class RunInterrupted(Exception):
-    """The run stopped on request after saving last.pt; the message says how to resume."""
+    """The run stopped on request with its checkpoints saved; the message says where it stopped."""
 
-    def __init__(self, message: str, signal_name: str):
+    def __init__(self, message: str, signal_name: str, run_dir=None):
         super().__init__(message)
-        self.exit_code = 0 if signal_name == "SIGTERM" else 130
+        self.signal_name = signal_name
+        self.run_dir = run_dir
+        self.exit_code = exit_code(signal_name)
+
+
+def exit_code(signal_name: str) -> int:
+    """0 after SIGTERM (a scheduler's preemption: the job may be requeued), 130 after Ctrl-C."""
+    return 0 if signal_name == "SIGTERM" else 130

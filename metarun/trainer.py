@@ -130,7 +130,12 @@ class Trainer:
         try:
             with StopRequests() as stop:
                 self._train(stop)
-            results = self._test(time.perf_counter() - started)
+            try:
+                results = self._test(time.perf_counter() - started)
+            except KeyboardInterrupt as stopped:  # Ctrl-C or SIGTERM (interrupts.Interrupted) while testing
+                signal_name = getattr(stopped, "signal_name", "SIGINT")
+                raise RunInterrupted(f"stopped during the final test ({signal_name}) after {self.progress.step} steps; "
+                                     "last.pt and best.pt are saved, so resuming only tests", signal_name, self.run_dir) from None
         finally:
             self.logger.close()
         return results
@@ -164,9 +169,8 @@ class Trainer:
             if stopping:
                 bar.close()
                 signal_name = stop.signal_name or "SIGTERM"  # another process's
-                raise RunInterrupted(
-                    f"stopped at step {step} of {settings.steps} ({signal_name}); last.pt is saved; continue with "
-                    f"the same command plus trainer.resume=true hydra.run.dir={self.run_dir}", signal_name)
+                raise RunInterrupted(f"stopped at step {step} of {settings.steps} ({signal_name}); last.pt is saved",
+                                     signal_name, self.run_dir)
         bar.close()
 
     def _train_step(self, step: int) -> dict[str, torch.Tensor]:
@@ -278,6 +282,8 @@ class Trainer:
             self.distributed.barrier()
         if (self.run_dir / "best.pt").exists():  # else no validation score was finite: test the last weights
             self.algorithm.load_state_dict(checkpoints.load(self.run_dir / "best.pt")["algorithm"])
+        log.info("testing the weights of step %d on %d fixed test episodes", self.progress.best_step or self.progress.step,
+                 len(self.test_episodes))
         test = summarize(self.evaluate(self.test_episodes))
         if not math.isfinite(test[self.monitor]):
             log.warning("test %s is %s over %d episodes: the weights diverge on some test episodes (lower optim.lr or "
@@ -333,6 +339,7 @@ class Trainer:
         if not path.exists():
             raise MetarunError(f"trainer.resume=true but there is no checkpoint at {path}; point hydra.run.dir at the run folder to resume")
         state = checkpoints.load(path)
+        log.info("resuming %s from step %d of %d", path, state["progress"]["step"], self.settings.steps)
         differing = checkpoints.config_differences(state["metadata"].get("config", {}), self.metadata.get("config", {}))
         if differing:
             raise MetarunError(f"cannot resume {path}: the config differs in {', '.join(differing)}; "

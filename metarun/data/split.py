@@ -114,7 +114,8 @@ class ImageSplit:
     def check(self, spec: EpisodeSpec, split_name: str, data_name: str, key_prefix: str = "") -> None:
         """Enough classes for the ways and enough images per class for shots + queries."""
         if spec.ways < 2:
-            raise MetarunError(f"episode.{key_prefix}ways={spec.ways} is invalid: it must be at least 2")
+            raise MetarunError(f"episode.{key_prefix}ways={spec.ways} is invalid: it must be at least 2 for classification, "
+                               "1 for regression")
         if spec.ways > self.num_classes:
             raise MetarunError(
                 f"episode.{key_prefix}ways={spec.ways} is more than the {self.num_classes} classes "
