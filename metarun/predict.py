@@ -34,9 +34,18 @@ class Prediction:
     confidence: float
 
 
+EXAMPLES = """examples:
+  metarun-predict run=outputs/protonet_omniglot_5w1s/2026-11-22_10-00-00 support=my_support/ query=my_queries/
+  metarun-predict run=<run folder> support=<folder of class folders> query=a.png,b.png out=predictions.csv device=cuda"""
+
+
 def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if any(arg in ("-h", "--help") for arg in args):
+        print(f"{__doc__.strip()}\n\n{USAGE}\n\n{EXAMPLES}")
+        return
     try:
-        options = parse_options(sys.argv[1:] if argv is None else argv)
+        options = parse_options(args)
         predictions = predict(Path(options["run"]), Path(options["support"]), query_files(options["query"]),
                               options.get("device", "cpu"))
         out = Path(options.get("out", Path(options["run"]) / "predictions.csv"))
@@ -69,6 +78,9 @@ def predict(run: Path, support: Path, queries: list[Path], device: str = "cpu") 
     if not image_format:
         raise MetarunError(f"the run in {run} was trained on {metadata.get('data')}, which has no images to classify")
     class_names, support_files, support_labels = read_support(support)
+    warning = mismatch(support_files + queries, image_format, metadata.get("data"))
+    if warning:
+        print(f"metarun-predict: warning: {warning}", file=sys.stderr)
     cfg = OmegaConf.create(metadata["config"])
     cfg.backbone.weights = None  # the checkpoint holds the trained weights
     head_ways = cfg.algo.get("ways")
@@ -117,6 +129,30 @@ def read_support(folder: Path) -> tuple[list[str], list[Path], list[int]]:
     files = [f for class_files in classes.values() for f in class_files]
     labels = [label for label, class_files in enumerate(classes.values()) for _ in class_files]
     return list(classes), files, labels
+
+
+def mismatch(files: list[Path], image_format: dict, data: str | None) -> str | None:
+    """How the user's images differ from the run's training images (colour, or far smaller), in
+    one line: predictions then fall toward chance without anything failing."""
+    channels, height, width = image_format["shape"]
+    grey = colour = small = 0
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                small += image.width < width / 2 or image.height < height / 2
+                pixels = np.asarray(image.convert("RGB").resize((16, 16)), dtype=np.int16)
+        except (OSError, UnidentifiedImageError):
+            continue  # to_input names the file that cannot be decoded
+        is_grey = int(np.abs(pixels - pixels.mean(axis=-1, keepdims=True)).max()) <= 8
+        grey, colour = grey + is_grey, colour + (not is_grey)
+    trained = f"the run was trained on {data}'s {width}x{height} {'grey' if channels == 1 else 'colour'} images"
+    if channels == 1 and colour:
+        return f"{colour} of {len(files)} images are in colour; {trained} (colour is dropped, predictions may be near chance)"
+    if channels == 3 and grey == len(files):
+        return f"the images are grey; {trained} (predictions may be near chance)"
+    if small:
+        return f"{small} of {len(files)} images are smaller than half of {width}x{height}; {trained}"
+    return None
 
 
 def query_files(query: str) -> list[Path]:

@@ -40,6 +40,18 @@ def test_a_2x2_multirun_runs_four_jobs_in_folders_named_by_their_overrides(tmp_p
     assert sorted((r["algorithm"], r["shots"]) for r in results) == [("maml", 1), ("maml", 5), ("protonet", 1), ("protonet", 5)]
     names = [p.parent.name for p in (tmp_path / "outputs" / "multirun").rglob("results.json")]
     assert any("algo=protonet" in name and "episode=5way_5shot" in name for name in names)
+    sweep = next((tmp_path / "outputs" / "multirun").iterdir())
+    assert done.stderr.strip().splitlines()[-1] == (f"metarun: the sweep's runs are in outputs/multirun/{sweep.name}; "
+                                                    f"compare them with: metarun-report outputs/multirun/{sweep.name}")
+
+
+def test_help_shows_example_commands_and_how_to_print_the_resolved_config(tmp_path):
+    done = metarun("--help", cwd=tmp_path)
+    assert done.returncode == 0
+    assert "== Examples ==" in done.stdout and "metarun algo=maml data=omniglot data.root=" in done.stdout
+    assert "--cfg job --resolve" in done.stdout
+    resolved = metarun("--cfg", "job", "--resolve", cwd=tmp_path)
+    assert "${oc.env" not in resolved.stdout and "/omniglot" in resolved.stdout
 
 
 def test_every_experiment_runs_under_debug_smoke(tmp_path):

@@ -94,3 +94,24 @@ def test_the_command_reports_usage_errors_in_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "metarun.predict", f"run={tmp_path}"], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "missing support=..." in result.stderr and "usage:" in result.stderr
+
+
+def test_help_shows_examples_and_images_unlike_the_training_data_are_warned_about(smoke_cfg, colour_folders, tmp_path, capsys):
+    main(["--help"])
+    assert "examples:" in capsys.readouterr().out
+    cfg, choices = smoke_cfg("data=image_folder", f"data.root={colour_folders / 'train_data'}", "data.image_size=16",
+                             "algo=protonet", "episode.ways=3", "episode.queries=3")
+    train(cfg, tmp_path / "run", choices)
+    grey = tmp_path / "grey"
+    for image in (colour_folders / "support").rglob("*.png"):
+        target = grey / "support" / image.relative_to(colour_folders / "support")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(image).convert("L").save(target)
+    Image.open(colour_folders / "query" / "red.png").convert("L").save(grey / "red.png")
+    main([f"run={tmp_path / 'run'}", f"support={grey / 'support'}", f"query={grey / 'red.png'}", f"out={tmp_path / 'p.csv'}"])
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warnings == ["metarun-predict: warning: the images are grey; the run was trained on image_folder's 16x16 colour "
+                        "images (predictions may be near chance)"]
+    main([f"run={tmp_path / 'run'}", f"support={colour_folders / 'support'}", f"query={colour_folders / 'query'}",
+          f"out={tmp_path / 'q.csv'}"])
+    assert "warning" not in capsys.readouterr().err  # the colours it was trained on
