@@ -53,6 +53,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> Tr
     if cfg.get("deterministic"):
         use_deterministic_kernels()
     splits: DataSplits = make(cfg, "data")
+    if cfg.get("train_on_val"):
+        splits = splits.with_val_in_train()
     check_splits(splits, train_spec, eval_spec, choices.get("data", "the data set"))
     splits = splits.to(device)
     algorithm = build_algorithm(cfg, splits.train.input_shape, splits.task, device, choices)

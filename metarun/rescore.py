@@ -8,7 +8,7 @@ ways); this follows them without training twice. The run's own command is compos
 the overrides given here, so they read as they would on `metarun`'s command line. Only what the
 test episodes are (episode, data, eval_seed, trainer.test_episodes), how they are computed
 (device, precision, batch sizes) and evaluation-time settings of the method (algo.eval_*) may
-change: the model is the run's best.pt. The scores go to <run>/eval_<setting>.json.
+change: the model is the run's best.pt (last.pt with trainer.test_weights=last). The scores go to <run>/eval_<setting>.json.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ USAGE = "usage: metarun-eval run=<run folder> [episode=5way_1shot] [episode.shot
 
 # Keys an evaluation may change: the episodes it scores on and how it computes them.
 EVALUATION_KEYS = ("episode.", "data.", "eval_seed", "device", "deterministic", "malloc", "algo.eval_", "logger.",
-                   "trainer.test_episodes", "trainer.eval_batch_size", "trainer.precision", "trainer.channels_last",
-                   "trainer.max_images_per_pass", "trainer.progress", "trainer.resume")
+                   "trainer.test_episodes", "trainer.test_weights", "trainer.eval_batch_size", "trainer.precision",
+                   "trainer.channels_last", "trainer.max_images_per_pass", "trainer.progress", "trainer.resume")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,6 +68,8 @@ def rescore(run: Path, overrides: list[str]) -> tuple[dict, Path]:
 
     metadata, weights = checkpoints.read_run(run)
     cfg, choices = compose(run, overrides)
+    if cfg.trainer.get("test_weights") == "last":
+        weights = checkpoints.load(run / "last.pt")["algorithm"]
     check_changes(metadata.get("config", {}), OmegaConf.to_container(cfg, resolve=True))
     check_settings(cfg)
     device = resolve_device(cfg.device)
@@ -96,7 +98,7 @@ def rescore(run: Path, overrides: list[str]) -> tuple[dict, Path]:
         "test": summarize(evaluate(algorithm, episodes, compute, settings.eval_batch_size)),
         "setting": setting,
         "run": str(run),
-        "weights": "best.pt" if (run / "best.pt").is_file() else "last.pt",
+        "weights": "best.pt" if (run / "best.pt").is_file() and settings.test_weights == "best" else "last.pt",
         "command": " ".join(["metarun-eval", f"run={run}", *overrides]),
         "overrides": overrides,
         "device": str(device),

@@ -44,6 +44,7 @@ class LoopSettings:
     resume: bool | Literal["auto"] = False  # "auto": resume when the run folder has a last.pt (a requeued job)
     overfit_batches: int = 0
     on_nonfinite: Literal["stop", "skip"] = "stop"
+    test_weights: Literal["best", "last"] = "best"  # the weights the final test scores
     distributed: bool = False  # trainer=ddp: the meta-batch's tasks shared between torchrun's processes
     # Resolved with the device by build.py into a Compute (metarun/compute.py, metarun/memory.py):
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
@@ -55,6 +56,8 @@ class LoopSettings:
             raise MetarunError(f"trainer.resume={self.resume!r} is not known; use true, false or auto")
         if self.on_nonfinite not in ("stop", "skip"):
             raise MetarunError(f"trainer.on_nonfinite={self.on_nonfinite!r} is not known; use stop or skip")
+        if self.test_weights not in ("best", "last"):
+            raise MetarunError(f"trainer.test_weights={self.test_weights!r} is not known; use best or last")
 
 
 @dataclass
@@ -280,9 +283,8 @@ class Trainer:
         if not (self.run_dir / "best.pt").exists():  # resumed to a step count it had already reached
             self._validate(self.progress.step)
             self.distributed.barrier()
-        if (self.run_dir / "best.pt").exists():  # else no validation score was finite: test the last weights
-            self.algorithm.load_state_dict(checkpoints.load(self.run_dir / "best.pt")["algorithm"])
-        log.info("testing the weights of step %d on %d fixed test episodes", self.progress.best_step or self.progress.step,
+        tested = self._load_tested_weights()
+        log.info("testing the %s weights, of step %d, on %d fixed test episodes", tested["weights"], tested["step"],
                  len(self.test_episodes))
         test = summarize(self.evaluate(self.test_episodes))
         if not math.isfinite(test[self.monitor]):
@@ -294,6 +296,7 @@ class Trainer:
         results = {
             "metric": metric,
             "test": test,
+            "tested": tested,
             "val": {f"best_{metric}": progress.best_val, "best_step": progress.best_step},
             "train": {"seconds": progress.train_seconds, "tasks_per_s": tasks / max(progress.train_seconds, 1e-9)},
             "steps": progress.step,
@@ -309,6 +312,14 @@ class Trainer:
         if self.distributed.is_main:
             write_json(self.run_dir / "results.json", results)
         return results
+
+    def _load_tested_weights(self) -> dict:
+        """best.pt, unless trainer.test_weights=last or no validation score was finite: which weights, of which step."""
+        best = self.run_dir / "best.pt"
+        if self.settings.test_weights == "best" and best.exists():
+            self.algorithm.load_state_dict(checkpoints.load(best)["algorithm"])
+            return {"weights": "best", "step": self.progress.best_step}
+        return {"weights": "last", "step": self.progress.step}
 
     def _draw_figures(self) -> None:
         """Each figure of the best weights goes to <run>/<name>.png and to TensorBoard."""

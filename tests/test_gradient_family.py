@@ -177,3 +177,20 @@ def test_every_maml_plus_plus_option_together_gives_the_same_meta_gradient_under
     assert loop.keys() == vmapped.keys()
     for name, grad in loop.items():
         torch.testing.assert_close(vmapped[name], grad, atol=1e-5, rtol=1e-5)
+
+
+# The inner loss's reduction ---------------------------------------------------------------------
+
+
+def test_class_sum_inner_loss_is_the_mean_loss_with_a_step_ways_times_larger():
+    batch = random_batch(tasks=2, ways=3)
+    summed = MAML(tiny_conv(), ways=3, inner_lr=0.1, inner_steps=2, inner_loss="class_sum").double()
+    mean = MAML(tiny_conv(), ways=3, inner_lr=0.3, inner_steps=2).double()
+    got, expected = grads_of(summed, batch), grads_of(mean, batch)
+    assert got.keys() == expected.keys()
+    for name in got:
+        torch.testing.assert_close(got[name], expected[name])
+    scaled = grads_of(MAML(tiny_conv(), ways=3, inner_lr=0.1, inner_steps=2).double(), batch)
+    assert any(not torch.allclose(scaled[name], expected[name]) for name in got)  # the scale matters
+    with pytest.raises(Exception, match="algo.inner_loss='sum' is not known"):
+        MAML(tiny_conv(), ways=3, inner_loss="sum")

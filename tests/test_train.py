@@ -332,3 +332,15 @@ def test_a_non_finite_validation_score_never_becomes_the_best(smoke_cfg, tmp_pat
     results = train(cfg, tmp_path, choices)
     assert results["val"]["best_acc"] is None and not (tmp_path / "best.pt").exists()
     assert (tmp_path / "results.json").exists()  # tested with the last weights
+
+
+def test_a_final_model_trains_on_the_validation_classes_too_and_tests_its_last_weights(smoke_cfg, tmp_path):
+    cfg, choices = smoke_cfg("algo=protonet")
+    plain = build_trainer(cfg, tmp_path / "plain", choices)
+    cfg, choices = smoke_cfg("algo=protonet", "train_on_val=true", "trainer.test_weights=last")
+    final = build_trainer(cfg, tmp_path / "final", choices)
+    assert final.sampler.source.num_classes == plain.sampler.source.num_classes + final.val_episodes.source.num_classes
+    assert final.sampler.source.class_names[-1] == final.val_episodes.source.class_names[-1]
+    results = final.fit()
+    assert results["tested"] == {"weights": "last", "step": cfg.trainer.steps}
+    assert plain.fit()["tested"]["weights"] == "best"

@@ -46,6 +46,11 @@ class MAML(Algorithm):
     learn_inner_lr: a learned inner learning rate per parameter tensor and inner step;
     per_step_bn: batch-norm weights and biases per inner step, learned in the outer loop only;
     first_order_steps > 0: first order for this many meta-steps, then second order.
+
+    inner_loss: how the support loss is reduced. "mean" (the default; learn2learn's and most
+    re-implementations') averages it over the support set; "class_sum" sums the per-class means, as
+    cbfinn/maml's code does (the cross-entropy divided by the shots, summed by tf.gradients), so an
+    inner step is `ways` times the mean's: inner_lr 0.4 at 5-way is a step of 2.0 on the mean loss.
     """
 
     inner_loop = True
@@ -66,10 +71,13 @@ class MAML(Algorithm):
         learn_inner_lr: bool = False,
         per_step_bn: bool = False,
         first_order_steps: int = 0,
+        inner_loss: Literal["mean", "class_sum"] = "mean",
     ):
         super().__init__()
         if task_batching not in ("loop", "vmap"):
             raise MetarunError(f"algo.task_batching={task_batching!r} is not known; use loop, vmap or auto")
+        if inner_loss not in ("mean", "class_sum"):
+            raise MetarunError(f"algo.inner_loss={inner_loss!r} is not known; use mean or class_sum")
         self.task = task or Classification()
         self.net = nn.Sequential(backbone, nn.Linear(backbone.out_features, self.task.outputs(ways)))
         # Batch statistics per task, in training and evaluation, as the MAML protocol does;
@@ -84,6 +92,7 @@ class MAML(Algorithm):
         self.multi_step_loss_steps = multi_step_loss_steps
         self.multi_step_loss_floor = multi_step_loss_floor
         self.first_order_steps = first_order_steps
+        self.inner_loss_scale = float(ways) if inner_loss == "class_sum" and isinstance(self.task, Classification) else 1.0
         # Meta-steps taken: the clock of the MAML++ annealing, saved and restored with the weights.
         self.register_buffer("meta_steps", torch.zeros((), dtype=torch.long))
         self.step_norms = self._per_step_norms() if per_step_bn else None
@@ -203,7 +212,7 @@ class MAML(Algorithm):
         return fast
 
     def _support_loss(self, fast: Params, x: Tensor, y: Tensor, k: int = 0) -> Tensor:
-        return self.task.loss(self.forward_at(fast, x, k), y)
+        return self.task.loss(self.forward_at(fast, x, k), y) * self.inner_loss_scale
 
     def _learned_inner_lrs(self) -> nn.ParameterDict:
         """MAML++: one rate per parameter tensor and training inner step, starting at inner_lr."""

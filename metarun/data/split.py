@@ -111,6 +111,12 @@ class ImageSplit:
     def figures(self, spec: EpisodeSpec, seed: int) -> list:
         return []
 
+    def joined(self, other: ImageSplit) -> ImageSplit:
+        """This split's classes and then `other`'s as one split, with this one's normalisation and augmentation."""
+        counts = torch.cat([self.counts, other.counts])
+        return replace(self, images=torch.cat([self.images, other.images.to(self.device)]), counts=counts,
+                       offsets=torch.cumsum(counts, 0) - counts, class_names=[*self.class_names, *other.class_names])
+
     def check(self, spec: EpisodeSpec, split_name: str, data_name: str, key_prefix: str = "") -> None:
         """Enough classes for the ways and enough images per class for shots + queries."""
         if spec.ways < 2:
@@ -145,3 +151,10 @@ class DataSplits:
 
     def items(self):
         return (("train", self.train), ("val", self.val), ("test", self.test))
+
+    def with_val_in_train(self) -> DataSplits:
+        """Training on the train and validation classes (a final model, as ProtoNet's paper reports);
+        validation still scores the val classes, which training now sees."""
+        if not (hasattr(self.train, "joined") and isinstance(self.val, type(self.train))):
+            raise MetarunError(f"train_on_val=true joins image splits of class tensors; {type(self.train).__name__} has none")
+        return DataSplits(self.train.joined(self.val), self.val, self.test)
