@@ -10,31 +10,7 @@ from torch.func import functional_call
 
 from metarun.algorithms import ANIL, MAML, ProtoNet
 from metarun.algorithms.base import class_means, gradient_surrogate
-from metarun.episodes import EpisodeBatch
-from metarun.models import Conv4
-
-
-def tiny_conv(seed: int = 0) -> Conv4:
-    torch.manual_seed(seed)
-    return Conv4((1, 8, 8), filters=4, blocks=2)
-
-
-def random_batch(tasks: int = 3, ways: int = 3, shots: int = 2, queries: int = 2, size: int = 8, seed: int = 0) -> EpisodeBatch:
-    g = torch.Generator().manual_seed(seed)
-    labels = lambda k: torch.arange(ways).repeat_interleave(k).repeat(tasks, 1)  # noqa: E731
-    return EpisodeBatch(
-        support_x=torch.randn(tasks, ways * shots, 1, size, size, generator=g, dtype=torch.float64),
-        support_y=labels(shots),
-        query_x=torch.randn(tasks, ways * queries, 1, size, size, generator=g, dtype=torch.float64),
-        query_y=labels(queries),
-        classes=torch.arange(ways).repeat(tasks, 1),
-    )
-
-
-def meta_gradient(algorithm: nn.Module, batch: EpisodeBatch) -> torch.Tensor:
-    algorithm.zero_grad()
-    algorithm.step(batch, train=True).objective.backward()
-    return torch.cat([p.grad.flatten() for p in algorithm.parameters()])
+from tests.helpers import meta_gradient, random_batch, tiny_conv
 
 
 def maml(**kwargs) -> MAML:

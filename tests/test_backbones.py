@@ -14,7 +14,7 @@ from metarun.models.norm import BatchNorm2d
 from metarun.models.pretrained import Frozen, load_weights
 from metarun.models.resnet12 import DropBlock
 from metarun.tasks import Classification
-from tests.conftest import compose_run
+from tests.helpers import compose_run
 
 SMALL = [8, 8, 16, 16]
 
@@ -119,12 +119,13 @@ def test_freezing_the_only_trained_part_is_refused(smoke_cfg, tmp_path):
 
 
 # Parameter counts without a classifier, and the published figure each should match.
+# (count, how exact the published figure is, source)
 PUBLISHED = {
-    "conv4": (113_088, "Conv4-64 on RGB: 4 x [3x3 conv, batch norm] = 0.113M, the figure usually quoted"),
-    "resnet12": (12.4e6, "Lee et al. 2019 (MetaOptNet): 12.4M"),
-    "resnet18": (11.69e6 - 513_000, "torchvision: 11.69M with its 1000-way fc (513,000)"),
-    "resnet34": (21.80e6 - 513_000, "torchvision: 21.80M with its 1000-way fc"),
-    "resnet50": (25.56e6 - 2_049_000, "torchvision: 25.56M with its 1000-way fc (2,049,000)"),
+    "conv4": (113_088, 0, "Conv4-64 on RGB: 4 x [3x3 conv, batch norm] = 113,088"),
+    "resnet12": (12.4e6, 0.05e6, "Lee et al. 2019 (MetaOptNet): 12.4M, given to 0.1M"),
+    "resnet18": (11_689_512 - 513_000, 0, "torchvision: 11,689,512 with its 1000-way fc (513,000)"),
+    "resnet34": (21_797_672 - 513_000, 0, "torchvision: 21,797,672 with its 1000-way fc (513,000)"),
+    "resnet50": (25_557_032 - 2_049_000, 0, "torchvision: 25,557,032 with its 1000-way fc (2,049,000)"),
 }
 
 
@@ -133,8 +134,8 @@ def test_parameter_counts_match_the_published_ones(name):
     cfg, _ = compose_run([f"backbone={name}"])
     backbone = build_backbone(cfg.backbone, (3, 224, 224) if name.startswith("resnet") and name != "resnet12" else (3, 84, 84))
     count = sum(p.numel() for p in backbone.parameters())
-    expected, source = PUBLISHED[name]
-    assert count == pytest.approx(expected, rel=0.03), source
+    expected, rounding, source = PUBLISHED[name]
+    assert abs(count - expected) <= rounding, source
 
 
 @pytest.mark.slow  # a second-order step through 21-24M parameters: 10-20 s each on a CPU

@@ -12,7 +12,7 @@ from metarun import checkpoints
 from metarun.build import train
 from metarun.errors import MetarunError
 from metarun.predict import predict
-from tests.conftest import compose_run
+from tests.helpers import compose_run
 
 
 class RunsCode:

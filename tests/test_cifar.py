@@ -15,7 +15,7 @@ import torch
 from metarun.build import train
 from metarun.data.cifar import load_cifar100, load_cifar_fs, load_fc100
 from metarun.errors import MetarunError
-from tests.conftest import CIFAR100, compose_run, requires_cifar100
+from tests.helpers import CIFAR100, compose_run, requires_cifar100
 
 SPLITS = Path(__file__).resolve().parents[1] / "metarun" / "data" / "splits"
 TRAIN_PER_CLASS, TEST_PER_CLASS = 3, 1

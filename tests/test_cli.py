@@ -2,26 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import CONFIGS_EXPERIMENTS
-
-
-def metarun(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    executable = shutil.which("metarun") or str(Path(sys.executable).parent / "metarun")
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def results_under(folder: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(folder.rglob("results.json"))]
+from tests.helpers import CONFIGS_EXPERIMENTS, metarun, results_under
 
 
 def test_a_smoke_run_writes_its_run_folder_named_after_what_ran(tmp_path):

@@ -14,7 +14,7 @@ from metarun.episodes import EpisodeBatch
 from metarun.errors import MetarunError
 from metarun.memory import PassPlan, plan_passes, resumed_plan, task_peak_bytes
 from metarun.tasks import Classification, Regression
-from tests.conftest import compose_run
+from tests.helpers import compose_run
 
 CPU = torch.device("cpu")
 IMAGE = (1, 28, 28)

@@ -12,7 +12,8 @@ from metarun.algorithms import Algorithm
 from metarun.build import build_algorithm, build_backbone, episode_specs
 from metarun.cli import config_dir
 from metarun.data import DataSplits
-from tests.conftest import SMOKE, compose_run
+from metarun.episodes import EpisodeSampler, EpisodeSpec
+from tests.helpers import SMOKE, compose_run
 
 CONFIGS = Path(config_dir())
 
@@ -44,6 +45,11 @@ def test_every_algorithm_instantiates_and_steps(algo):
     splits: DataSplits = instantiate(cfg.data)
     algorithm = build_algorithm(cfg, splits.train.input_shape, splits.task, torch.device("cpu"), choices)
     assert isinstance(algorithm, Algorithm)
+    spec = EpisodeSpec(cfg.episode.train_ways, cfg.episode.shots, cfg.episode.train_queries)
+    output = algorithm.step(EpisodeSampler(splits.train, spec, seed=0).sample(2), train=True)
+    output.objective.backward()
+    assert torch.isfinite(output.objective) and any(p.grad is not None for p in algorithm.parameters())
+    assert set(output.metrics) >= {"loss"} and all(values.shape == (2,) for values in output.metrics.values())
 
 
 @pytest.mark.parametrize("episode", options("episode"))

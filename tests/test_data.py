@@ -2,46 +2,14 @@
 
 from __future__ import annotations
 
-import io
-import zipfile
 from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 from metarun.data.omniglot import load_omniglot
 from metarun.errors import MetarunError
-from tests.conftest import OMNIGLOT, requires_omniglot
-
-FAKE = {"images_background": {"Alpha": 3, "Beta": 3, "Gamma": 2}, "images_evaluation": {"Delta": 2}}
-
-
-def drawing(seed: int) -> bytes:
-    """A 105x105 one-bit PNG like Omniglot's: white paper, a black stroke 6 pixels wide."""
-    image = Image.new("1", (105, 105), 1)
-    for i in range(105):
-        for width in range(6):
-            image.putpixel((i, (seed * 7 + i // 3 + width) % 105), 0)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def make_fake_omniglot(root: Path, as_folders: bool = False) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    for part, alphabets in FAKE.items():
-        files = {f"{part}/{alphabet}/character{c:02d}/{c:04d}_{i:02d}.png": drawing(c * 20 + i)
-                 for alphabet, count in alphabets.items() for c in range(1, count + 1) for i in range(1, 21)}
-        if as_folders:
-            for name, data in files.items():
-                (root / name).parent.mkdir(parents=True, exist_ok=True)
-                (root / name).write_bytes(data)
-        else:
-            with zipfile.ZipFile(root / f"{part}.zip", "w") as archive:
-                for name, data in files.items():
-                    archive.writestr(name, data)
-    return root
+from tests.helpers import OMNIGLOT, make_fake_omniglot, requires_omniglot
 
 
 def lake(root: Path, cache: Path, **kwargs):

@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from metarun.algorithms import MAML
 from metarun.distributed import Distributed
 from metarun.episodes import EpisodeBatch
-from tests.test_algorithms import random_batch, tiny_conv
+from tests.helpers import random_batch, tiny_conv
 
 TASKS = 4
 

@@ -9,7 +9,7 @@ from torch.func import functional_call
 
 from metarun.algorithms import MAML, MetaSGD, Reptile
 from metarun.algorithms.maml import multi_step_weights
-from tests.test_algorithms import meta_gradient, random_batch, tiny_conv
+from tests.helpers import meta_gradient, random_batch, tiny_conv
 
 
 def grads_of(algorithm, batch, names=None) -> dict[str, torch.Tensor]:

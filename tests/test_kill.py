@@ -59,10 +59,12 @@ def kill_and_resume(tmp_path: Path, trials: int, seed: int) -> list[tuple[bool, 
             time.sleep(0.05)
         time.sleep(rng.uniform(0.0, 1.5))
         process.send_signal(signal.SIGKILL)
-        process.wait(timeout=60)
+        assert process.wait(timeout=60) == -signal.SIGKILL  # it died by the kill, not by finishing first
         in_save = any(run_dir.glob("*.tmp"))  # killed inside a write: its temporary file is left behind
         resumed = metarun(run_dir, "trainer.resume=true")
         assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
+        said = resumed.stdout.read() + resumed.stderr.read()
+        assert f"resuming {run_dir / 'last.pt'} from step" in said  # from its checkpoint, not from the start
         outcomes.append((in_save, numbers(run_dir) == expected))
     return outcomes
 

@@ -11,7 +11,7 @@ from metarun.algorithms.baseline import EpisodeHeads
 from metarun.algorithms.siamese import pair_labels
 from metarun.models import Conv4
 from metarun.tasks import Classification
-from tests.test_algorithms import random_batch, tiny_conv
+from tests.helpers import random_batch, tiny_conv
 
 
 def float_batch(**kwargs):
@@ -79,14 +79,27 @@ def test_baseline_plus_plus_logits_are_scaled_cosines():
     assert head.log_scale.requires_grad  # the scale is learned
 
 
-def test_relation_scores_lie_in_0_1_one_per_query_and_class_and_every_part_learns():
+def test_relation_scores_are_the_module_on_query_and_summed_class_maps_and_every_part_learns():
     batch = float_batch(tasks=2, ways=3, shots=2, queries=2)
     torch.manual_seed(0)
     algorithm = RelationNet(Conv4((1, 8, 8), filters=4, blocks=4, pooled_blocks=2), filters=4)
     assert algorithm.backbone.out_shape == (4, 2, 2)
-    scores = algorithm.relation_logits(batch).sigmoid()
-    assert scores.shape == (2, 6, 3) and ((scores >= 0) & (scores <= 1)).all()
-    algorithm.step(batch, train=True).objective.backward()
+    algorithm.eval()  # running statistics: one pair at a time scores as in the batch
+    logits = algorithm.relation_logits(batch)
+    assert logits.shape == (2, 6, 3)
+    # Reference, written out for task 1, query 4, class 2: the module on [query map, sum of the class's support maps].
+    t, m, n = 1, 4, 2
+    maps = lambda x: algorithm.backbone(x).view(-1, *algorithm.backbone.out_shape)  # noqa: E731
+    class_map = maps(batch.support_x[t][batch.support_y[t] == n]).sum(0)
+    pair = torch.cat([maps(batch.query_x[t][m : m + 1])[0], class_map])[None]
+    torch.testing.assert_close(logits[t, m, n], algorithm.relation(pair).flatten()[0].float())
+    algorithm.train()
+    output = algorithm.step(batch, train=True)
+    # The paper's loss: squared error of the sigmoid scores against one-hot targets, summed over classes.
+    targets = F.one_hot(batch.query_y, 3).float()
+    expected = (algorithm.relation_logits(batch).sigmoid() - targets).pow(2).sum(-1).mean()
+    torch.testing.assert_close(output.objective, expected)
+    output.objective.backward()
     assert all(p.grad is not None for p in algorithm.parameters())
 
 

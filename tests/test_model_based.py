@@ -10,7 +10,7 @@ from metarun.algorithms import SNAIL, MetaLSTM
 from metarun.algorithms.metalstm import preprocess
 from metarun.episodes import EpisodeBatch
 from metarun.models import MLP
-from tests.test_algorithms import random_batch, tiny_conv
+from tests.helpers import random_batch, tiny_conv
 
 
 def test_metalstm_with_gates_fixed_at_lr_and_one_is_plain_sgd():

@@ -15,7 +15,7 @@ from PIL import Image
 from metarun.build import build_trainer, train
 from metarun.errors import MetarunError
 from metarun.predict import main, predict, to_input
-from tests.test_data import make_fake_omniglot
+from tests.helpers import make_fake_omniglot
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30), "grey": (128, 128, 128)}
 

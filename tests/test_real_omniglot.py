@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from metarun.build import train
-from tests.conftest import OMNIGLOT, compose_run, requires_omniglot
+from tests.helpers import OMNIGLOT, compose_run, requires_omniglot
 
 pytestmark = [pytest.mark.slow, requires_omniglot()]
 

@@ -17,7 +17,7 @@ from metarun.errors import MetarunError
 from metarun.models import MLP, Conv4
 from metarun.results import summarize
 from metarun.tasks import Classification, Regression
-from tests.conftest import compose_run
+from tests.helpers import compose_run
 
 SPEC = EpisodeSpec(ways=1, shots=10, queries=15)
 SMOKE_SINUSOID = ["experiment=maml_sinusoid_10shot", "debug=smoke", "data=sinusoid", "logger=none"]

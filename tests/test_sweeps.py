@@ -14,7 +14,7 @@ from PIL import Image
 
 from metarun.cli import config_dir
 from metarun.report import main as report_main
-from tests.test_cli import metarun, results_under
+from tests.helpers import metarun, results_under
 
 SHORT = ["debug=smoke", "trainer.steps=2", "trainer.eval_every=1", "trainer.test_episodes=4"]
 SMOKE = [*SHORT, "logger=none"]

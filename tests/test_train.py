@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -13,7 +14,9 @@ import torch
 from metarun.build import build_trainer, train
 from metarun.errors import MetarunError
 from metarun.interrupts import RunInterrupted
+from metarun.loggers import NullLogger
 from metarun.trainer import Trainer
+from tests.helpers import compose_run
 
 
 def read_results(run_dir):
@@ -93,38 +96,59 @@ ANNEALED = ["algo=mamlpp", "algo.multi_step_loss_steps=4", "algo.inner_steps=2",
 REPTILE = ["algo=reptile", "algo.eval_inner_steps=5", "optim=sgd", "optim.lr=1.0", "optim.momentum=0.0", "scheduler=linear"]
 
 
+def on_meta_batch(trainer: Trainer, n: int, action) -> Trainer:
+    """Call `action` as `trainer` draws its n-th meta-batch (during step n of a fresh run): a crash or a signal."""
+    sample, drawn = trainer.sampler.sample, [0]
+
+    def drawing(*args):
+        drawn[0] += 1
+        if drawn[0] == n:
+            action()
+        return sample(*args)
+
+    trainer.sampler.sample = drawing
+    return trainer
+
+
+def crash():
+    raise KeyboardInterrupt
+
+
 @pytest.mark.parametrize("algo", [[], ANNEALED, REPTILE], ids=["maml", "mamlpp", "reptile"])
-def test_a_run_stopped_half_way_and_resumed_ends_with_the_same_results(smoke_cfg, tmp_path, monkeypatch, algo):
+def test_a_run_stopped_half_way_and_resumed_ends_with_the_same_results(smoke_cfg, tmp_path, caplog, algo):
     overrides = ("trainer.steps=6", "trainer.eval_every=2", *algo)
     cfg, choices = smoke_cfg(*overrides)
     straight = train(cfg, tmp_path / "straight", choices)
-
-    original_step = Trainer._train_step
-    calls = {"n": 0}
-
-    def crash_at_step_5(self, step):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return original_step(self, step)
-
-    monkeypatch.setattr(Trainer, "_train_step", crash_at_step_5)
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "resumed", choices)
+        on_meta_batch(build_trainer(cfg, tmp_path / "resumed", choices), 5, crash).fit()
     assert not (tmp_path / "resumed" / "results.json").exists() and (tmp_path / "resumed" / "last.pt").exists()
-    monkeypatch.setattr(Trainer, "_train_step", original_step)
-    resumed = train(*smoke_cfg(*overrides, "trainer.resume=true")[:1], tmp_path / "resumed", choices)
+    with caplog.at_level(logging.INFO, logger="metarun"):
+        resumed = train(*smoke_cfg(*overrides, "trainer.resume=true")[:1], tmp_path / "resumed", choices)
+    # It continued from the last validation's checkpoint, not from the start.
+    assert f"resuming {tmp_path / 'resumed' / 'last.pt'} from step 4 of 6" in caplog.text
     assert resumed["test"] == straight["test"]
     assert resumed["val"] == straight["val"]
 
 
-def test_overfitting_one_meta_batch_drives_the_training_loss_down(tmp_path):
-    from tests.conftest import compose_run
+class Recorder(NullLogger):
+    """A logger that keeps the scalars it is given."""
 
-    cfg, choices = compose_run(["debug=overfit", "logger=none", "algo=protonet", "trainer.steps=40", "trainer.progress=false"])
+    def __init__(self):
+        self.scalars: dict[str, list[float]] = {}
+
+    def log_scalars(self, scalars, step):
+        for name, value in scalars.items():
+            self.scalars.setdefault(name, []).append(value)
+
+
+def test_overfitting_one_meta_batch_drives_the_training_loss_down(tmp_path):
+    cfg, choices = compose_run(["debug=overfit", "logger=none", "algo=protonet", "trainer.steps=40", "trainer.progress=false",
+                                "trainer.log_every=1", "trainer.eval_every=40"])
     trainer = build_trainer(cfg, tmp_path, choices)
-    losses = [float(trainer._train_step(step)["loss"].mean()) for step in range(1, 41)]
-    assert losses[-1] < 0.2 * losses[0]
+    trainer.logger = Recorder()
+    trainer.fit()
+    losses = trainer.logger.scalars["train/loss"]
+    assert len(losses) == 40 and losses[-1] < 0.2 * losses[0]
 
 
 BAD_INPUTS = [
@@ -152,17 +176,15 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("overrides,message", BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
-def test_bad_input_fails_before_training_with_one_line(smoke_cfg, tmp_path, monkeypatch, overrides, message):
-    monkeypatch.setattr(Trainer, "_train_step", lambda self, step: pytest.fail("training started"))
+def test_bad_input_fails_before_training_with_one_line(smoke_cfg, tmp_path, overrides, message):
     cfg, choices = smoke_cfg(*overrides)
     with pytest.raises(MetarunError, match=message) as error:
-        train(cfg, tmp_path, choices)
+        train(cfg, tmp_path / "run", choices)
     assert "\n" not in str(error.value)
+    assert not list(tmp_path.rglob("*.pt"))  # no training step ran
 
 
 def test_a_missing_data_root_fails_before_training(tmp_path):
-    from tests.conftest import compose_run
-
     cfg, choices = compose_run(["logger=none", f"data.root={tmp_path / 'missing'}"])
     with pytest.raises(MetarunError, match="Omniglot not found"):
         build_trainer(cfg, tmp_path / "run", choices)
@@ -242,48 +264,30 @@ def poison_at_step_3(trainer, monkeypatch):
     monkeypatch.setattr(trainer.sampler, "sample", poisoned)
 
 
-def sigterm_during_step(monkeypatch, n: int) -> None:
-    """Send this process SIGTERM while the trainer runs step n, as a cluster preempting the job would."""
-    original_step = Trainer._train_step
-
-    def step(self, step):
-        if step == n:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original_step(self, step)
-
-    monkeypatch.setattr(Trainer, "_train_step", step)
+def sigterm() -> None:
+    """SIGTERM to this process, as a cluster preempting the job would."""
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
-def test_tensorboard_curves_of_a_resumed_run_have_every_step_once(smoke_cfg, tmp_path, monkeypatch):
+def test_tensorboard_curves_of_a_resumed_run_have_every_step_once(smoke_cfg, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     overrides = ("logger=tensorboard", "trainer.steps=6", "trainer.eval_every=2", "trainer.log_every=1")
     cfg, choices = smoke_cfg(*overrides)
-    original_step = Trainer._train_step
-
-    def crash_at_step_6(self, step):
-        if step == 6:
-            raise KeyboardInterrupt  # after step 5 was logged, while last.pt holds step 4
-        return original_step(self, step)
-
-    monkeypatch.setattr(Trainer, "_train_step", crash_at_step_6)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path, choices)
-    monkeypatch.setattr(Trainer, "_train_step", original_step)
+    with pytest.raises(KeyboardInterrupt):  # at step 6, after step 5 was logged, while last.pt holds step 4
+        on_meta_batch(build_trainer(cfg, tmp_path, choices), 6, crash).fit()
     train(*smoke_cfg(*overrides, "trainer.resume=true")[:1], tmp_path, choices)
     events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0}).Reload()
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]
     assert [e.step for e in events.Scalars("val/acc")] == [2, 4, 6]
 
 
-def test_sigterm_saves_a_checkpoint_at_the_next_step_and_the_resumed_run_ends_identically(smoke_cfg, tmp_path, monkeypatch):
+def test_sigterm_saves_a_checkpoint_at_the_next_step_and_the_resumed_run_ends_identically(smoke_cfg, tmp_path):
     overrides = ("trainer.steps=6", "trainer.eval_every=4")
     cfg, choices = smoke_cfg(*overrides)
     straight = train(cfg, tmp_path / "straight", choices)
-    with monkeypatch.context() as patch:
-        sigterm_during_step(patch, 3)
-        with pytest.raises(RunInterrupted, match="stopped at step 3 of 6 \\(SIGTERM\\)") as stopped:
-            train(cfg, tmp_path / "stopped", choices)
+    with pytest.raises(RunInterrupted, match="stopped at step 3 of 6 \\(SIGTERM\\)") as stopped:
+        on_meta_batch(build_trainer(cfg, tmp_path / "stopped", choices), 3, sigterm).fit()
     assert stopped.value.exit_code == 0
     resumed = train(*smoke_cfg(*overrides, "trainer.resume=true")[:1], tmp_path / "stopped", choices)
     assert resumed["test"] == straight["test"] and resumed["val"] == straight["val"]
@@ -308,19 +312,17 @@ def test_resuming_a_different_algorithm_is_refused(smoke_cfg, tmp_path):
 def test_grad_clip_bounds_the_meta_gradient_norm(smoke_cfg, tmp_path):
     import torch
 
-    cfg, choices = smoke_cfg("trainer.grad_clip=0.01")
+    cfg, choices = smoke_cfg("trainer.grad_clip=0.01", "trainer.steps=1")
     trainer = build_trainer(cfg, tmp_path, choices)
-    trainer._train_step(1)
+    trainer.fit()  # the gradients of its one step stay on the weights
     grads = [p.grad for p in trainer.algorithm.parameters() if p.grad is not None]
     assert float(torch.nn.utils.get_total_norm(grads)) <= 0.01 + 1e-6
 
 
-def test_a_run_stopped_before_its_first_validation_can_be_finished_at_that_step(smoke_cfg, tmp_path, monkeypatch):
+def test_a_run_stopped_before_its_first_validation_can_be_finished_at_that_step(smoke_cfg, tmp_path):
     cfg, choices = smoke_cfg()
-    with monkeypatch.context() as patch:
-        sigterm_during_step(patch, 1)
-        with pytest.raises(RunInterrupted):
-            train(cfg, tmp_path, choices)
+    with pytest.raises(RunInterrupted):
+        on_meta_batch(build_trainer(cfg, tmp_path, choices), 1, sigterm).fit()
     finished = train(smoke_cfg("trainer.resume=true", "trainer.steps=1")[0], tmp_path, choices)
     assert finished["steps"] == 1 and finished["val"]["best_step"] == 1
 

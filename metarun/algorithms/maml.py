@@ -7,7 +7,7 @@ task function runs per task or under torch.func.vmap; second order unless first 
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, Literal
+from typing import Callable, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -22,9 +22,14 @@ from metarun.tasks import Classification, Task
 
 TaskBatching = Literal["loop", "vmap"]
 Params = dict[str, Tensor]
-# What one task returns: (objective [], metrics {name: []}) in training, plus the query
-# predictions after the recorded inner steps {k: [N*Q, outputs]} at evaluation.
-TaskOutput = tuple
+
+
+class TaskOutput(NamedTuple):
+    """What one task's function returns (under vmap, each field gains a leading task axis)."""
+
+    objective: Tensor  # [] the meta-objective in training; the query loss at evaluation
+    metrics: dict[str, Tensor]  # {name: []}
+    predictions: dict[int, Tensor]  # at evaluation, the query outputs after the recorded inner steps {k: [N*Q, outputs]}; {} in training
 
 
 class MAML(Algorithm):
@@ -95,6 +100,7 @@ class MAML(Algorithm):
         self.inner_loss_scale = float(ways) if inner_loss == "class_sum" and isinstance(self.task, Classification) else 1.0
         # Meta-steps taken: the clock of the MAML++ annealing, saved and restored with the weights.
         self.register_buffer("meta_steps", torch.zeros((), dtype=torch.long))
+        self._norm_names: list[str] = []  # the batch-norm weights per_step_bn keeps per step
         self.step_norms = self._per_step_norms() if per_step_bn else None
         self.inner_lrs = self._learned_inner_lrs() if learn_inner_lr else None
 
@@ -117,23 +123,25 @@ class MAML(Algorithm):
     def run_tasks(self, task: Callable[..., TaskOutput], inputs: tuple[Tensor, ...], train: bool) -> StepOutput:
         """Apply `task` to every task of the meta-batch (inputs [T, ...] each), batched or one by one."""
         if self.task_batching == "vmap":
-            objective, metrics, *predictions = vmap(task, randomness="different")(*inputs)
-            return StepOutput(objective.mean(), metrics, predictions[0] if predictions else None)
+            out = vmap(task, randomness="different")(*inputs)
+            return StepOutput(out.objective.mean(), out.metrics, out.predictions or None)
         # One task at a time; in training, backward per task so one task's graph is alive at once.
         params = [p for p in self.parameters() if p.requires_grad]
         meta_grads: list[Tensor | None] = [None] * len(params)
-        objectives, metrics, predictions = [], [], []  # per task
+        outputs = []
         tasks = inputs[0].shape[0]
         for t in range(tasks):
-            objective, task_metrics, *task_predictions = task(*(x[t] for x in inputs))
-            if train and objective.requires_grad:
-                grads = torch.autograd.grad(objective / tasks, params, allow_unused=True)
+            out = task(*(x[t] for x in inputs))
+            if train and out.objective.requires_grad:
+                grads = torch.autograd.grad(out.objective / tasks, params, allow_unused=True)
                 meta_grads = [_add(total, g) for total, g in zip(meta_grads, grads)]
-            objectives.append(objective.detach())
-            metrics.append(task_metrics)
-            predictions += task_predictions
-        objective = gradient_surrogate(params, meta_grads) if torch.is_grad_enabled() else torch.stack(objectives).mean()
-        return StepOutput(objective, _stack(metrics), _stack(predictions) if predictions else None)
+            outputs.append(out._replace(objective=out.objective.detach()))
+        if torch.is_grad_enabled():
+            objective = gradient_surrogate(params, meta_grads)
+        else:
+            objective = torch.stack([out.objective for out in outputs]).mean()
+        predictions = [out.predictions for out in outputs]
+        return StepOutput(objective, _stack([out.metrics for out in outputs]), _stack(predictions) if predictions[0] else None)
 
     def task_loss(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor, steps: int, train: bool) -> TaskOutput:
         """Adapt on one task's support set, score its query set.
@@ -148,7 +156,8 @@ class MAML(Algorithm):
         fast = self.fast_weights()
         objective, metrics, predictions = 0.0, {}, {}
         for k in range(steps + 1):
-            if weights[k] > 0 if train else self.recorded(k, steps):
+            scored = weights[k] > 0 if train else self.recorded(k, steps)
+            if scored:
                 out = self.forward_at(fast, query, k)
                 loss = self.task.loss(out, query_y)
                 if train:
@@ -160,8 +169,8 @@ class MAML(Algorithm):
                 fast = self.inner_update(fast, support, support_y, k, first_order)
         metrics |= {"loss": loss.detach(), **self.task.metrics(out.detach(), query_y)}
         if train:
-            return objective, metrics
-        return loss.detach(), metrics, predictions
+            return TaskOutput(objective, metrics, {})
+        return TaskOutput(loss.detach(), metrics, predictions)
 
     def recorded(self, k: int, steps: int) -> bool:
         """Whether evaluation scores the queries after k inner steps."""

@@ -31,4 +31,4 @@ class Pretrain(MAML):
         x, y = torch.cat([support_x, query_x]), torch.cat([support_y, query_y])
         out = self.net(self.features(x))
         loss = self.task.loss(out, y)
-        return loss, {"loss": loss.detach(), **self.task.metrics(out.detach(), y)}
+        return TaskOutput(loss, {"loss": loss.detach(), **self.task.metrics(out.detach(), y)}, {})

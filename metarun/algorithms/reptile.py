@@ -90,9 +90,9 @@ class Reptile(MAML):
                 inner.append({"loss": batch_loss, **self.task.metrics(batch_out, y[order[k]])})
         if train:
             objective = sum((p * (p.detach() - fast[name])).sum() for name, p in initial.items())
-            return objective, {name: torch.stack([m[name] for m in inner]).mean() for name in inner[0]}
+            return TaskOutput(objective, {name: torch.stack([m[name] for m in inner]).mean() for name in inner[0]}, {})
         metrics |= {"loss": loss, **self.task.metrics(out, query_y)}
-        return loss, metrics, predictions
+        return TaskOutput(loss, metrics, predictions)
 
     def _minibatch_loss(self, fast: Params, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """The loss, and the predictions as an auxiliary output."""

@@ -7,10 +7,8 @@ pixels load too; they are decoded once into a uint8 cache.
 
 from __future__ import annotations
 
-import json
 import pickle
 import tarfile
-from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -20,6 +18,7 @@ import torch
 from metarun.data.augment import Augmentation
 from metarun.data.cache import cached
 from metarun.data.download import downloading
+from metarun.data.files import split_lists, unpickle
 from metarun.data.split import DataSplits, ImageSplit
 from metarun.errors import MetarunError
 
@@ -34,8 +33,7 @@ def load_cifar_fs(root: str, download: bool = False, cache_dir: str = "~/.cache/
                   augment: Mapping[str, Any] | None = None) -> DataSplits:
     """CIFAR-FS (Bertinetto et al. 2019): 64 / 16 / 20 fine classes chosen at random."""
     augmentation = Augmentation.from_config(augment)
-    split_lists = _split_lists("cifar-fs")
-    names = {split: [fine for _superclass, fine in entries] for split, entries in split_lists.items()}
+    names = {split: [fine for _superclass, fine in entries] for split, entries in split_lists("cifar-fs").items()}
     return _splits(load_cifar100(root, download, cache_dir), names, augmentation)
 
 
@@ -47,7 +45,7 @@ def load_fc100(root: str, download: bool = False, cache_dir: str = "~/.cache/met
     data = load_cifar100(root, download, cache_dir)
     superclass_of = dict(zip(data["fine_names"], data["coarse_names"]))
     names = {split: [fine for fine in data["fine_names"] if superclass_of[fine] in superclasses]
-             for split, superclasses in _split_lists("fc100").items()}
+             for split, superclasses in split_lists("fc100").items()}
     return _splits(data, names, augmentation)
 
 
@@ -101,25 +99,16 @@ def decode(source: Path) -> dict:
 def _read_pickles(source: Path) -> dict[str, dict]:
     try:
         if source.is_dir():
-            return {name: _unpickle((source / name).read_bytes()) for name in PICKLES}
+            return {name: unpickle((source / name).read_bytes()) for name in PICKLES}
         with tarfile.open(source, "r:*") as archive:
             members = {Path(member.name).name: member for member in archive.getmembers() if member.isfile()}
             missing = [name for name in PICKLES if name not in members]
             if missing:
                 raise MetarunError(f"CIFAR-100 archive {source} has no {missing[0]} file: is it the Python release ({ARCHIVE})?")
-            return {name: _unpickle(archive.extractfile(members[name]).read()) for name in PICKLES}
+            return {name: unpickle(archive.extractfile(members[name]).read()) for name in PICKLES}
     except (tarfile.TarError, EOFError, OSError, pickle.UnpicklingError, ValueError) as error:
         reason = " ".join(str(error).split())  # tarfile's reasons span lines
         raise MetarunError(f"CIFAR-100 in {source} cannot be read ({type(error).__name__}: {reason}): the file is truncated or corrupt") from None
-
-
-def _unpickle(data: bytes) -> dict:
-    return pickle.loads(data, encoding="latin1")
-
-
-def _split_lists(benchmark: str) -> dict[str, list]:
-    folder = resources.files("metarun.data") / "splits" / benchmark
-    return {split: json.loads((folder / f"{split}.json").read_text()) for split in ("train", "val", "test")}
 
 
 def _splits(data: dict, names: dict[str, list[str]], augmentation: Augmentation | None) -> DataSplits:

@@ -9,12 +9,9 @@ the files; a missing or malformed file is one line naming what was expected wher
 from __future__ import annotations
 
 import csv
-import json
-import pickle
 import random
 from collections import defaultdict
 from dataclasses import replace
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -23,6 +20,7 @@ import torch
 
 from metarun.data.augment import Augmentation
 from metarun.data.decoded import Item, decoded_split, file_key, image_files
+from metarun.data.files import split_lists, unpickle_file
 from metarun.data.split import DataSplits, ImageSplit
 from metarun.errors import MetarunError
 
@@ -102,8 +100,7 @@ def load_cub(root: str, image_size: int = 84, cache_dir: str = "~/.cache/metarun
         raise MetarunError(f"CUB-200-2011 not found: no CUB_200_2011/images/ (one folder per species, 001.Black_footed_Albatross ...) "
                            f"in {base}; set data.root to the folder holding the unpacked CUB_200_2011")
     species = _class_folders(images)
-    folder = resources.files("metarun.data") / "splits" / "cub"
-    lists = {split: json.loads((folder / f"{split}.json").read_text()) for split in SPLITS}
+    lists = split_lists("cub")
     layout = _files_layout(_by_lists(species, lists, images))
     return _decode(layout, image_size, 3, cache_dir, IMAGENET_MEAN, IMAGENET_STD, augmentation)
 
@@ -233,7 +230,7 @@ def _mini_cache_layout(base: Path) -> Layout | None:
         return None
     per_split = {}
     for split, path in files.items():
-        data = _unpickle(path, ("image_data", "class_dict"))
+        data = unpickle_file(path, ("image_data", "class_dict"))
         images = np.asarray(data["image_data"], dtype=np.uint8)
         per_split[split] = {label: list(images[sorted(indices)]) for label, indices in sorted(data["class_dict"].items())}
     return per_split, file_key(list(files.values()))
@@ -244,7 +241,7 @@ def _category_split_layout(base: Path) -> Layout | None:
              for split, part in zip(SPLITS, ("train_phase_train", "val", "test"))}
     if not all(path.is_file() for path in files.values()):
         return None
-    per_split = {split: _group(_unpickle(path, ("data", "labels"))) for split, path in files.items()}
+    per_split = {split: _group(unpickle_file(path, ("data", "labels"))) for split, path in files.items()}
     return per_split, file_key(list(files.values()))
 
 
@@ -254,8 +251,8 @@ def _tiered_png_layout(base: Path) -> Layout | None:
         return None
     per_split = {}
     for split, (images_path, labels_path) in files.items():
-        encoded = _unpickle(images_path)
-        labels = _unpickle(labels_path, ("label_specific",))
+        encoded = unpickle_file(images_path)
+        labels = unpickle_file(labels_path, ("label_specific",))
         per_split[split] = _group({"data": [np.asarray(png).tobytes() for png in encoded], "labels": labels["label_specific"]},
                                   labels.get("label_specific_str"))
     return per_split, file_key([path for pair in files.values() for path in pair])
@@ -269,7 +266,7 @@ def _tiered_npz_layout(base: Path) -> Layout | None:
     for split, (images_path, labels_path) in files.items():
         with np.load(images_path) as archive:
             images = archive["images"]
-        labels = _unpickle(labels_path, ("label_specific",))
+        labels = unpickle_file(labels_path, ("label_specific",))
         per_split[split] = _group({"data": images, "labels": labels["label_specific"]}, labels.get("label_specific_str"))
     return per_split, file_key([path for pair in files.values() for path in pair])
 
@@ -282,15 +279,3 @@ def _group(data: Mapping[str, Any], label_names: Sequence[str] | None = None) ->
     for image, label in zip(data["data"], data["labels"]):
         classes[label_names[label] if label_names is not None else f"{int(label):04d}"].append(image)
     return dict(sorted(classes.items()))
-
-
-def _unpickle(path: Path, keys: Sequence[str] = ()) -> Any:
-    try:
-        with path.open("rb") as handle:
-            data = pickle.load(handle, encoding="latin1")
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError) as error:
-        raise MetarunError(f"{path} cannot be read ({type(error).__name__}: {error}): the file is truncated or corrupt") from None
-    missing = [key for key in keys if key not in data]
-    if missing:
-        raise MetarunError(f"{path} has no {missing[0]!r} entry: it is not the expected pickle")
-    return data

@@ -10,11 +10,9 @@ Protocols:
 from __future__ import annotations
 
 import io
-import json
 import random
 import zipfile
 from collections import defaultdict
-from importlib import resources
 from pathlib import Path
 from typing import Literal
 
@@ -24,6 +22,7 @@ from PIL import Image
 
 from metarun.data.cache import cached
 from metarun.data.download import downloading
+from metarun.data.files import split_lists
 from metarun.data.split import DataSplits, ImageSplit
 from metarun.errors import MetarunError
 
@@ -119,13 +118,9 @@ def _decode_png(data: bytes, image_size: int, name: str) -> torch.Tensor:
 
 
 def _vinyals_split_names() -> dict[str, list[str]]:
-    folder = resources.files("metarun.data") / "splits" / "omniglot-vinyals"
-    splits = {}
-    for split in ("train", "val", "test"):
-        tree = json.loads((folder / f"{split}.json").read_text())
-        splits[split] = [f"{part}/{alphabet}/{character}" for part, alphabets in tree.items()
-                         for alphabet, characters in alphabets.items() for character in characters]
-    return splits
+    return {split: [f"{part}/{alphabet}/{character}" for part, alphabets in tree.items()
+                    for alphabet, characters in alphabets.items() for character in characters]
+            for split, tree in split_lists("omniglot-vinyals").items()}
 
 
 def _lake_split_names(names: list[str], val_alphabets: int, split_seed: int) -> dict[str, list[str]]:
