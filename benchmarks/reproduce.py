@@ -23,6 +23,8 @@ from pathlib import Path
 
 import yaml
 
+from metarun.errors import MetarunError
+
 ROOT = Path(__file__).resolve().parents[1]
 PLAN = ROOT / "benchmarks" / "reproduce.yaml"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -46,7 +48,10 @@ def main() -> None:
         # In the order asked for: a queue of runs for the background, cheapest first if you like.
         chosen = list(dict.fromkeys(run for pattern in args.runs for run in plan["runs"] if fnmatch.fnmatch(run, pattern)))
         for run in chosen:
-            reproduce(run, plan["runs"][run])
+            try:
+                reproduce(run, plan["runs"][run])
+            except (subprocess.CalledProcessError, MetarunError) as error:  # the next runs still go
+                print(f"{run}: failed ({error}); continuing with the next run", file=sys.stderr, flush=True)
             TABLE.write_text(render(plan, load_records()))  # after each run: the table grows as rows land
     TABLE.write_text(render(plan, load_records()))
     print(f"wrote {TABLE.relative_to(ROOT)}")

@@ -24,6 +24,7 @@ from metarun.errors import MetarunError
 from metarun.loggers import NullLogger
 from metarun.memory import plan_passes
 from metarun.models.pretrained import Frozen, load_weights
+from metarun.pictures import RunPictures
 from metarun.tasks import Task
 from metarun.trainer import LoopSettings, Trainer
 
@@ -65,21 +66,24 @@ def build_trainer(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> Tr
     scheduler = make(cfg, "scheduler")(optimizer) if cfg.get("scheduler") else None
     if distributed.is_main:
         prepare_run_dir(run_dir)
+    logger = make(cfg, "logger", log_dir=run_dir / "tb") if distributed.is_main else NullLogger()
+    val_episodes = FixedEpisodes(splits.val, eval_spec, settings.val_episodes, cfg.eval_seed, "val")
+    pictures = RunPictures(logger, run_dir, compute, train_episode=FixedEpisodes(splits.train, train_spec, 1, cfg.eval_seed, "picture"),
+                           val_episodes=val_episodes, figures=splits.test.figures(eval_spec, cfg.eval_seed), is_main=distributed.is_main)
     return Trainer(
         algorithm=algorithm,
         optimizer=optimizer,
         scheduler=scheduler,
         sampler=EpisodeSampler(splits.train, train_spec, cfg.seed, repeat_every=settings.overfit_batches),
-        val_episodes=FixedEpisodes(splits.val, eval_spec, settings.val_episodes, cfg.eval_seed, "val"),
+        val_episodes=val_episodes,
         test_episodes=FixedEpisodes(splits.test, eval_spec, settings.test_episodes, cfg.eval_seed, "test"),
         settings=settings,
         run_dir=run_dir,
-        logger=make(cfg, "logger", log_dir=run_dir / "tb") if distributed.is_main else NullLogger(),
+        logger=logger,
         monitor=(splits.task.monitor, splits.task.higher_is_better),
-        figures=splits.test.figures(eval_spec, cfg.eval_seed),
         metadata=run_metadata(cfg, choices, device, splits) | compute.describe(),
         hparams=run_hparams(cfg, choices) | {"precision": compute.precision, "channels_last": compute.channels_last},
-        train_picture=FixedEpisodes(splits.train, train_spec, 1, cfg.eval_seed, "picture"),
+        pictures=pictures,
         distributed=distributed,
         compute=compute,
     )

@@ -10,7 +10,9 @@ import os
 import pickle
 import random
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,15 +69,51 @@ def read_run(run: Path) -> tuple[dict, dict[str, Tensor]]:
     return load(last)["metadata"], load(best if best.is_file() else last)["algorithm"]
 
 
+@dataclass
+class TrainingState:
+    """The objects a checkpoint saves and restores together, with every random generator; the
+    run's progress and metadata travel beside them."""
+
+    algorithm: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # a torch LR scheduler, or None
+    scaler: torch.amp.GradScaler
+    sampler: Any  # metarun.episodes.EpisodeSampler
+
+    def state_dict(self, progress: dict, metadata: dict) -> dict:
+        return {
+            "algorithm": self.algorithm.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "rng": rng_states(),
+            "progress": progress,
+            "metadata": metadata,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.algorithm.load_state_dict(state["algorithm"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.scaler.load_state_dict(state.get("scaler") or {})
+        restore_rng_states(state["rng"])
+
+
 # What may change between a run and its resumption: how long it trains, how it reports, where its data lies.
 RESUMABLE_CHANGES = ("trainer.steps", "trainer.resume", "trainer.progress", "trainer.log_every", "logger.", "malloc",
                      "data.root", "data.cache_dir")  # the same data, found elsewhere (a run moved to another machine)
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
-    """Dotted keys whose values differ between two resolved configs, beyond RESUMABLE_CHANGES."""
+    """Dotted keys whose values differ between two resolved configs, beyond RESUMABLE_CHANGES.
+
+    A key only the current config has is an option added to metarun since the run was saved: its
+    default keeps the old behaviour, so it does not count."""
     old, new = _flatten(saved), _flatten(current)
-    differing = sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
+    differing = sorted(key for key in old.keys() if old.get(key) != new.get(key))
     return [key for key in differing if not key.startswith(RESUMABLE_CHANGES)]
 
 

@@ -1,11 +1,16 @@
-"""Episodes as pictures for TensorBoard: what the learner is shown, and what it predicts."""
+"""Episodes as pictures for TensorBoard: what the learner is shown, and what it predicts; and a
+run's pictures (RunPictures), which the trainer calls at its start, validations and end."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from metarun.episodes import EpisodeBatch
+from metarun.compute import Compute
+from metarun.episodes import EpisodeBatch, FixedEpisodes
+from metarun.loggers import NullLogger
 
 SUPPORT, QUERY = (0.25, 0.45, 0.95), (0.6, 0.6, 0.6)  # frame colours: blue support, grey query
 RIGHT, WRONG = (0.1, 0.75, 0.1), (0.9, 0.1, 0.1)
@@ -48,3 +53,48 @@ def framed(images: Tensor, colours: Tensor, frame: int) -> Tensor:
 def is_image_episode(batch: EpisodeBatch) -> bool:
     """Classification of images [C, H, W]: the episodes a grid can show."""
     return batch.classes is not None and batch.support_x.dim() == 5
+
+
+class RunPictures:
+    """What a run shows besides its numbers, all from fixed episodes so that runs compare: a training
+    episode at the start, the first validation episode's predictions at each validation, and the data
+    set's figures of the tested weights at the end (a PNG in the run folder and in TensorBoard).
+    Only the main process draws (is_main)."""
+
+    def __init__(self, logger: NullLogger, run_dir: Path, compute: Compute, train_episode: FixedEpisodes | None = None,
+                 val_episodes: FixedEpisodes | None = None, figures: list | None = None, is_main: bool = True):
+        self.logger, self.run_dir, self.compute, self.is_main = logger, Path(run_dir), compute, is_main
+        self.train_episode, self.val_episodes, self.figures = train_episode, val_episodes, figures or []
+
+    def training_episode(self) -> None:
+        batch = next(self.train_episode.batches(1)) if self.train_episode and self.logger.active else None
+        if batch is not None and is_image_episode(batch):
+            self.logger.log_image("episodes/train", episode_grid(batch), 0)
+
+    def predictions(self, algorithm, step: int) -> None:
+        """The first validation episode, its queries framed green where predicted right, red where wrong."""
+        batch = next(self.val_episodes.batches(1)) if self.val_episodes and self.logger.active else None
+        if batch is None or not is_image_episode(batch):
+            return
+        device = batch.query_x.device
+        algorithm.eval()
+        # Forked generators: a method that draws at evaluation must not shift the training's draws.
+        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), self.compute.autocast():
+            predictions = algorithm.step(batch, train=False).predictions
+        algorithm.train()
+        if predictions:
+            predicted = predictions[max(predictions)][0].argmax(dim=-1)
+            self.logger.log_image("episodes/val_predictions", episode_grid(batch, predicted), step)
+
+    def final_figures(self, algorithm, step: int) -> None:
+        """Each figure of the tested weights to <run>/<name>.png and to TensorBoard."""
+        if not self.is_main:
+            return
+        algorithm.eval()
+        for draw in self.figures:
+            with torch.no_grad():
+                figure = draw(algorithm)
+            if figure is not None:
+                figure.savefig(self.run_dir / f"{draw.name}.png")
+                self.logger.log_figure(draw.name, figure, step)
+        algorithm.train()

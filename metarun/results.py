@@ -38,6 +38,23 @@ def summarize(per_episode: dict[str, Tensor]) -> dict:
     return summary
 
 
+def run_results(metric: str, test: dict, tested: dict, progress, meta_batch_size: int, wall_seconds: float,
+                metadata: dict) -> dict:
+    """results.json of a finished run: its test summary, which weights were tested, its best validation,
+    training time and speed, and the run's metadata (config, data, device, versions)."""
+    tasks = progress.step * meta_batch_size
+    return {
+        "metric": metric,
+        "test": test,
+        "tested": tested,
+        "val": {f"best_{metric}": progress.best_val, "best_step": progress.best_step},
+        "train": {"seconds": progress.train_seconds, "tasks_per_s": tasks / max(progress.train_seconds, 1e-9)},
+        "steps": progress.step,
+        "wall_s": wall_seconds,
+        **metadata,
+    }
+
+
 def write_json(path: Path, payload: dict) -> None:
     """Write atomically, so a reader never sees half a file; a NaN or infinity becomes null (valid
     JSON for every reader) and its key is listed under "not_finite"."""

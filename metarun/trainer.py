@@ -22,8 +22,8 @@ from metarun.evaluation import evaluate
 from metarun.interrupts import RunInterrupted, StopRequests
 from metarun.loggers import NullLogger
 from metarun.memory import PassPlan, resumed_plan
-from metarun.pictures import episode_grid, is_image_episode
-from metarun.results import summarize, write_json
+from metarun.pictures import RunPictures
+from metarun.results import run_results, summarize, write_json
 
 log = logging.getLogger("metarun")
 
@@ -85,16 +85,14 @@ class Trainer:
         run_dir: Path,
         logger: NullLogger | None = None,
         monitor: tuple[str, bool] = ("acc", True),
-        figures: list | None = None,
         metadata: dict | None = None,
         hparams: dict | None = None,
-        train_picture: FixedEpisodes | None = None,
+        pictures: RunPictures | None = None,
         distributed: SingleProcess | None = None,
         compute: Compute | None = None,
     ):
         """monitor: (metric, higher is better): the one that selects best.pt, from the data's task;
-        figures: callables drawing a picture of the trained algorithm at the end of the run;
-        train_picture: a training episode to show in TensorBoard at the start (image data);
+        pictures: what the run draws at its start, validations and end (pictures.RunPictures);
         distributed: this process's part in a multi-process run (only rank 0 logs and writes);
         compute: precision, memory format and tasks per pass (every step runs under its autocast)."""
         self.algorithm = algorithm
@@ -107,13 +105,13 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.logger = logger or NullLogger()
         self.monitor, self.higher_is_better = monitor
-        self.figures = figures or []
         self.metadata = metadata or {}
         self.hparams = hparams or {}
-        self.train_picture = train_picture
         self.distributed = distributed or SingleProcess()
         self.compute = compute or Compute(self.device)
+        self.pictures = pictures or RunPictures(self.logger, self.run_dir, self.compute)
         self.scaler = self.compute.grad_scaler()
+        self.state = checkpoints.TrainingState(algorithm, optimizer, scheduler, self.scaler, sampler)
         self.progress = Progress()
         self._postfix: dict[str, str] = {}  # the progress bar's live loss, accuracy and validation accuracy
 
@@ -129,7 +127,7 @@ class Trainer:
             self._restore(last)
         self.logger.start(self.progress.step)
         if self.progress.step == 0:
-            self._picture_training_episode()
+            self.pictures.training_episode()
         try:
             with StopRequests() as stop:
                 self._train(stop)
@@ -167,7 +165,7 @@ class Trainer:
                     self._validate(step)
                     bar.set_postfix(self._postfix)
                 else:
-                    self._save(self._state(), "last.pt")
+                    self._save(self.state.state_dict(vars(self.progress).copy(), self.metadata), "last.pt")
                 segment_start = time.perf_counter()
             if stopping:
                 bar.close()
@@ -226,11 +224,11 @@ class Trainer:
             self._non_finite_validation(step, value)
         self.logger.log_scalars({f"val/{self.monitor}": value, "val/loss": summary["loss"]}, step)
         self._postfix[f"val_{self.monitor}"] = f"{value:.3f}"
-        self._picture_predictions(step)
+        self.pictures.predictions(self.algorithm, step)
         if self._improves(value):
             self.progress.best_val, self.progress.best_step = value, step
             self._save({"algorithm": self.algorithm.state_dict(), "step": step}, "best.pt")
-        self._save(self._state(), "last.pt")
+        self._save(self.state.state_dict(vars(self.progress).copy(), self.metadata), "last.pt")
 
     def _non_finite_validation(self, step: int, value: float) -> None:
         """Stop keeping the last good checkpoint, as a non-finite training loss does, or count it and go on."""
@@ -246,26 +244,6 @@ class Trainer:
     def _save(self, state: dict, name: str) -> None:
         if self.distributed.is_main:
             checkpoints.save_atomic(state, self.run_dir / name)
-
-    def _picture_training_episode(self) -> None:
-        batch = next(self.train_picture.batches(1)) if self.train_picture and self.logger.active else None
-        if batch is not None and is_image_episode(batch):
-            self.logger.log_image("episodes/train", episode_grid(batch), 0)
-
-    def _picture_predictions(self, step: int) -> None:
-        """The first validation episode, its queries framed green where predicted right, red where wrong."""
-        batch = next(self.val_episodes.batches(1)) if self.logger.active else None
-        if batch is None or not is_image_episode(batch):
-            return
-        self.algorithm.eval()
-        # Forked generators: a method that draws at evaluation must not shift the training's draws.
-        with torch.no_grad(), torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), \
-                self.compute.autocast():
-            predictions = self.algorithm.step(batch, train=False).predictions
-        self.algorithm.train()
-        if predictions:
-            predicted = predictions[max(predictions)][0].argmax(dim=-1)
-            self.logger.log_image("episodes/val_predictions", episode_grid(batch, predicted), step)
 
     def _improves(self, value: float) -> bool:
         """A NaN or infinite score never counts as the best, whatever the direction."""
@@ -290,19 +268,9 @@ class Trainer:
         if not math.isfinite(test[self.monitor]):
             log.warning("test %s is %s over %d episodes: the weights diverge on some test episodes (lower optim.lr or "
                         "algo.inner_lr); results.json records null", self.monitor, test[self.monitor], test["episodes"])
-        self._draw_figures()
+        self.pictures.final_figures(self.algorithm, self.progress.step)
         progress, metric = self.progress, self.monitor
-        tasks = progress.step * self.settings.meta_batch_size
-        results = {
-            "metric": metric,
-            "test": test,
-            "tested": tested,
-            "val": {f"best_{metric}": progress.best_val, "best_step": progress.best_step},
-            "train": {"seconds": progress.train_seconds, "tasks_per_s": tasks / max(progress.train_seconds, 1e-9)},
-            "steps": progress.step,
-            "wall_s": wall_seconds,
-            **self.metadata,
-        }
+        results = run_results(metric, test, tested, progress, self.settings.meta_batch_size, wall_seconds, self.metadata)
         # Scalars at the last step, so TensorBoard's HParams table shows each of them for every run.
         final = {f"test/{metric}": test[metric], f"test/{metric}_ci95": test[f"{metric}_ci95"], "test/loss": test["loss"],
                  f"val/best_{metric}": progress.best_val, "train/minutes": progress.train_seconds / 60,
@@ -321,31 +289,6 @@ class Trainer:
             return {"weights": "best", "step": self.progress.best_step}
         return {"weights": "last", "step": self.progress.step}
 
-    def _draw_figures(self) -> None:
-        """Each figure of the best weights goes to <run>/<name>.png and to TensorBoard."""
-        if not self.distributed.is_main:
-            return
-        self.algorithm.eval()
-        for draw in self.figures:
-            with torch.no_grad():
-                figure = draw(self.algorithm)
-            if figure is not None:
-                figure.savefig(self.run_dir / f"{draw.name}.png")
-                self.logger.log_figure(draw.name, figure, self.progress.step)
-        self.algorithm.train()
-
-    def _state(self) -> dict:
-        return {
-            "algorithm": self.algorithm.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "scaler": self.scaler.state_dict(),
-            "sampler": self.sampler.state_dict(),
-            "rng": checkpoints.rng_states(),
-            "progress": vars(self.progress).copy(),
-            "metadata": self.metadata,
-        }
-
     def _restore(self, path: Path) -> None:
         if not path.exists():
             raise MetarunError(f"trainer.resume=true but there is no checkpoint at {path}; point hydra.run.dir at the run folder to resume")
@@ -354,15 +297,9 @@ class Trainer:
         differing = checkpoints.config_differences(state["metadata"].get("config", {}), self.metadata.get("config", {}))
         if differing:
             raise MetarunError(f"cannot resume {path}: the config differs in {', '.join(differing)}; "
-                               "only the step count and logging may change")
-        self.algorithm.load_state_dict(state["algorithm"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        self.sampler.load_state_dict(state["sampler"])
-        self.scaler.load_state_dict(state.get("scaler") or {})
+                               "only the step count, logging and data.root may change")
+        self.state.load_state_dict(state)  # weights, optimiser, schedule, loss scale, sampler, random generators
         self._resume_passes(state["metadata"])
-        checkpoints.restore_rng_states(state["rng"])
         self.progress = Progress(**state["progress"])
 
     def _resume_passes(self, saved: dict) -> None:
