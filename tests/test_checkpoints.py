@@ -62,3 +62,14 @@ def test_resuming_or_predicting_with_a_crafted_checkpoint_is_refused(tmp_path):
     with pytest.raises(MetarunError, match="holds more than tensors"):
         predict(tmp_path, tmp_path, [])
     assert not marker.exists()
+
+
+def test_an_option_added_since_a_run_was_saved_does_not_block_its_resume_but_a_changed_one_does():
+    from metarun.checkpoints import config_differences
+
+    saved = {"trainer": {"steps": 10, "grad_clip": 0.5}, "algo": {"inner_lr": 0.4}, "data": {"root": "/a"}}
+    now = {"trainer": {"steps": 20, "grad_clip": 0.5, "test_weights": "best"}, "algo": {"inner_lr": 0.4},
+           "data": {"root": "/elsewhere"}, "train_on_val": False}
+    assert config_differences(saved, now) == []  # more steps, the data moved, two options metarun gained since
+    assert config_differences(saved, {**now, "algo": {"inner_lr": 0.1}}) == ["algo.inner_lr"]
+    assert config_differences(saved, {"trainer": {"steps": 10}, "data": {"root": "/a"}}) == ["algo.inner_lr", "trainer.grad_clip"]
