@@ -30,6 +30,11 @@ class Classification:
         """predictions [M, N], targets [M] -> mean cross-entropy [] (in float32 under any autocast)."""
         return F.cross_entropy(full(predictions), targets)
 
+    def task_losses(self, predictions: Tensor, targets: Tensor) -> Tensor:
+        """predictions [T, M, N], targets [T, M] -> each task's mean cross-entropy [T]."""
+        per_query = F.cross_entropy(full(predictions).flatten(0, 1), targets.flatten(), reduction="none")
+        return per_query.view(targets.shape).mean(dim=1)
+
     def metrics(self, predictions: Tensor, targets: Tensor) -> dict[str, Tensor]:
         return {"acc": (predictions.argmax(dim=-1) == targets).float().mean(dim=-1)}
 

@@ -55,16 +55,23 @@ class Algorithm(nn.Module, ABC):
         """Called once after each meta-training update: the clock of a method's own schedules."""
 
 
-def require_classification(task: Task, algorithm: str) -> None:
-    """Methods that compare queries with classes cannot regress."""
+def classification(task: Task | None, algorithm: str) -> Classification:
+    """The task of a method that compares queries with classes: it cannot regress."""
+    task = task or Classification()
     if not isinstance(task, Classification):
         raise MetarunError(f"algo={algorithm} classifies, but this data set is a {task.name} task; "
                            "use a gradient-based method (maml, fomaml, metasgd, reptile, anil, pretrain)")
+    return task
 
 
-def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
-    """Fraction of correct predictions over the last-but-one dim: logits [..., M, N], labels [..., M] -> [...]."""
-    return (logits.argmax(dim=-1) == labels).float().mean(dim=-1)
+def classify_queries(scores: Tensor, labels: Tensor, task: Classification) -> StepOutput:
+    """The shared head of the methods that score each query against the episode's classes (ProtoNet,
+    Matching Networks, SNAIL): scores [T, N*Q, N] whose softmax is the class distribution, labels
+    [T, N*Q]. The objective is the task's loss of each task's queries, averaged over the tasks; the
+    metrics are the task's, per task; the scores are the predictions."""
+    losses = task.task_losses(scores, labels)  # [T]
+    metrics = {"loss": losses.detach(), **task.metrics(scores.detach(), labels)}
+    return StepOutput(losses.mean(), metrics, {0: scores.detach()})
 
 
 def embed_episodes(backbone: nn.Module, batch: EpisodeBatch) -> tuple[Tensor, Tensor]:

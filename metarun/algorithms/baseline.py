@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metarun.algorithms.base import Algorithm, StepOutput, accuracy, embed_episodes, require_classification
+from metarun.algorithms.base import Algorithm, StepOutput, classification, embed_episodes
 from metarun.compute import float32, full
 from metarun.episodes import EpisodeBatch
 from metarun.errors import MetarunError
-from metarun.tasks import Classification, Task
+from metarun.tasks import Task
 
 Head = Literal["linear", "cosine"]
 
@@ -29,12 +29,12 @@ class Baseline(Algorithm):
     def __init__(self, backbone: nn.Module, task: Task | None = None, head: Head = "linear", finetune_epochs: int = 100,
                  finetune_lr: float = 0.01, finetune_batch_size: int = 4, scale: float = 10.0):
         super().__init__()
-        task = task or Classification()
-        require_classification(task, "baseline")
+        task = classification(task, "baseline")
         if head not in ("linear", "cosine"):
             raise MetarunError(f"algo.head={head!r} is not known; use linear (Baseline) or cosine (Baseline++)")
         if not task.classes:
             raise MetarunError("algo=baseline needs the number of training classes, which this data set does not give")
+        self.task = task
         self.backbone = backbone
         self.head = head
         self.classifier = EpisodeHeads(head, backbone.out_features, task.classes, scale)
@@ -55,7 +55,7 @@ class Baseline(Algorithm):
         with torch.no_grad(), float32(support.device):
             logits = heads(query)  # [T, N*Q, N]
             loss = F.cross_entropy(logits.transpose(1, 2), batch.query_y, reduction="none").mean(1)
-        return StepOutput(loss.mean(), {"loss": loss, "acc": accuracy(logits, batch.query_y)}, {0: logits})
+        return StepOutput(loss.mean(), {"loss": loss, **self.task.metrics(logits, batch.query_y)}, {0: logits})
 
     def _pretrain(self, batch: EpisodeBatch) -> StepOutput:
         """Cross-entropy over every training class for each image of the meta-batch."""
@@ -65,7 +65,7 @@ class Baseline(Algorithm):
         global_labels = batch.classes.gather(1, labels)  # episode-local 0..N-1 -> the split's class ids
         logits = full(self.classifier(features))  # [T, M, C]
         loss = F.cross_entropy(logits.transpose(1, 2), global_labels, reduction="none").mean(1)  # [T]
-        return StepOutput(loss.mean(), {"loss": loss.detach(), "acc": accuracy(logits, global_labels).detach()})
+        return StepOutput(loss.mean(), {"loss": loss.detach(), **self.task.metrics(logits.detach(), global_labels)})
 
     def _embed(self, batch: EpisodeBatch) -> tuple[Tensor, Tensor]:
         return embed_episodes(self.backbone, batch)

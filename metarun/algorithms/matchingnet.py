@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metarun.algorithms.base import Algorithm, StepOutput, accuracy, embed_episodes, require_classification
+from metarun.algorithms.base import Algorithm, StepOutput, classification, classify_queries, embed_episodes
 from metarun.compute import float32, full
 from metarun.episodes import EpisodeBatch
-from metarun.tasks import Classification, Task
+from metarun.tasks import Task
 
 
 class MatchingNet(Algorithm):
@@ -24,16 +24,14 @@ class MatchingNet(Algorithm):
     def __init__(self, backbone: nn.Module, task: Task | None = None, full_context_embeddings: bool = False,
                  processing_steps: int = 5, temperature: float = 1.0):
         super().__init__()
-        require_classification(task or Classification(), "matchingnet")
+        self.task = classification(task, "matchingnet")
         self.backbone = backbone
         self.temperature = temperature
         self.fce = FullContextEmbeddings(backbone.out_features, processing_steps) if full_context_embeddings else None
 
     def step(self, batch: EpisodeBatch, train: bool) -> StepOutput:
-        log_probs = self.log_probabilities(batch)  # [T, N*Q, N]
-        loss = F.nll_loss(log_probs.flatten(0, 1), batch.query_y.flatten(), reduction="none").view(batch.tasks, -1).mean(1)
-        metrics = {"loss": loss.detach(), "acc": accuracy(log_probs, batch.query_y).detach()}
-        return StepOutput(loss.mean(), metrics, {0: log_probs.detach()})
+        # Log-probabilities are logits whose softmax is the probabilities themselves.
+        return classify_queries(self.log_probabilities(batch), batch.query_y, self.task)
 
     def log_probabilities(self, batch: EpisodeBatch) -> Tensor:
         support, query = embed_episodes(self.backbone, batch)  # [T, N*K, F], [T, N*Q, F]

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metarun.algorithms.base import Algorithm, StepOutput, accuracy, class_means, embed_episodes, require_classification
+from metarun.algorithms.base import Algorithm, StepOutput, class_means, classification, classify_queries, embed_episodes
 from metarun.episodes import EpisodeBatch
-from metarun.tasks import Classification, Task
+from metarun.tasks import Task
 
 
 class ProtoNet(Algorithm):
@@ -15,15 +14,11 @@ class ProtoNet(Algorithm):
 
     def __init__(self, backbone: nn.Module, task: Task | None = None):
         super().__init__()
-        require_classification(task or Classification(), "protonet")
+        self.task = classification(task, "protonet")
         self.backbone = backbone
 
     def step(self, batch: EpisodeBatch, train: bool) -> StepOutput:
-        logits = self.logits(batch)  # [T, N*Q, N]
-        loss = F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten(), reduction="none")
-        loss = loss.view(batch.tasks, -1).mean(dim=1)  # [T]
-        metrics = {"loss": loss.detach(), "acc": accuracy(logits, batch.query_y).detach()}
-        return StepOutput(loss.mean(), metrics, {0: logits.detach()})
+        return classify_queries(self.logits(batch), batch.query_y, self.task)
 
     def logits(self, batch: EpisodeBatch) -> Tensor:
         """[T, N*Q, N]: one forward pass embeds every support and query image of the meta-batch."""

@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metarun.algorithms.base import Algorithm, StepOutput, accuracy, embed_episodes, require_classification
+from metarun.algorithms.base import Algorithm, StepOutput, classification, embed_episodes
 from metarun.episodes import EpisodeBatch
 from metarun.compute import full
 from metarun.errors import MetarunError
-from metarun.tasks import Classification, Task
+from metarun.tasks import Task
 
 
 class RelationNet(Algorithm):
@@ -27,7 +27,7 @@ class RelationNet(Algorithm):
     def __init__(self, backbone: nn.Module, task: Task | None = None, loss: Literal["mse", "ce"] = "mse",
                  filters: int = 64, hidden: int = 8):
         super().__init__()
-        require_classification(task or Classification(), "relationnet")
+        self.task = classification(task, "relationnet")
         if loss not in ("mse", "ce"):
             raise MetarunError(f"algo.loss={loss!r} is not known; use mse (the paper) or ce")
         if len(getattr(backbone, "out_shape", ())) != 3:
@@ -43,7 +43,7 @@ class RelationNet(Algorithm):
             loss = (logits.sigmoid() - targets).pow(2).sum(-1).mean(-1)  # [T]
         else:
             loss = F.cross_entropy(logits.transpose(1, 2), batch.query_y, reduction="none").mean(-1)
-        metrics = {"loss": loss.detach(), "acc": accuracy(logits, batch.query_y).detach()}
+        metrics = {"loss": loss.detach(), **self.task.metrics(logits.detach(), batch.query_y)}
         return StepOutput(loss.mean(), metrics, {0: logits.detach()})
 
     def relation_logits(self, batch: EpisodeBatch) -> Tensor:

@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metarun.algorithms.base import Algorithm, StepOutput, accuracy, embed_episodes, require_classification
+from metarun.algorithms.base import Algorithm, StepOutput, classification, embed_episodes
 from metarun.compute import float32, full
 from metarun.episodes import EpisodeBatch
-from metarun.tasks import Classification, Task
+from metarun.tasks import Task
 
 
 class Siamese(Algorithm):
@@ -21,7 +21,7 @@ class Siamese(Algorithm):
 
     def __init__(self, backbone: nn.Module, task: Task | None = None):
         super().__init__()
-        require_classification(task or Classification(), "siamese")
+        self.task = classification(task, "siamese")
         self.backbone = backbone
         self.distance = nn.Linear(backbone.out_features, 1)
 
@@ -33,7 +33,7 @@ class Siamese(Algorithm):
         one_hot = F.one_hot(batch.support_y, batch.ways).to(logits.dtype)  # [T, N*K, N]
         with float32(logits.device):
             class_scores = logits.sigmoid() @ one_hot / one_hot.sum(1, keepdim=True)  # mean similarity per class
-        metrics = {"loss": loss.detach(), "acc": accuracy(class_scores, batch.query_y).detach()}
+        metrics = {"loss": loss.detach(), **self.task.metrics(class_scores.detach(), batch.query_y)}
         scores = class_scores.detach().clamp_min(1e-12).log()  # softmax: the mean similarities, normalised
         return StepOutput(loss.mean(), metrics, {0: scores})
 

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metarun.algorithms.base import Algorithm, StepOutput, accuracy, embed_episodes, require_classification
+from metarun.algorithms.base import Algorithm, StepOutput, classification, classify_queries, embed_episodes
 from metarun.compute import full
 from metarun.episodes import EpisodeBatch
-from metarun.tasks import Classification, Task
+from metarun.tasks import Task
 
 States = tuple[Tensor, Tensor]  # (support positions [T, S, C], queries [T, M, C]), each at the last position
 
@@ -35,7 +35,7 @@ class SNAIL(Algorithm):
 
     def __init__(self, backbone: nn.Module, ways: int, shots: int, task: Task | None = None, filters: int = 128):
         super().__init__()
-        require_classification(task or Classification(), "snail")
+        self.task = classification(task, "snail")
         self.backbone = backbone
         self.ways = ways
         length = ways * shots + 1
@@ -51,10 +51,7 @@ class SNAIL(Algorithm):
     def step(self, batch: EpisodeBatch, train: bool) -> StepOutput:
         if train:
             batch = shuffle_support(batch)
-        logits = self.logits(batch)  # [T, N*Q, N]
-        loss = F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten(), reduction="none").view(batch.tasks, -1).mean(1)
-        metrics = {"loss": loss.detach(), "acc": accuracy(logits, batch.query_y).detach()}
-        return StepOutput(loss.mean(), metrics, {0: logits.detach()})
+        return classify_queries(self.logits(batch), batch.query_y, self.task)
 
     def logits(self, batch: EpisodeBatch) -> Tensor:
         support, query = embed_episodes(self.backbone, batch)  # [T, N*K, F], [T, N*Q, F]
