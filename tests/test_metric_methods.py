@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from metarun.algorithms import Baseline, MatchingNet, RelationNet, Siamese
 from metarun.algorithms.baseline import EpisodeHeads
 from metarun.algorithms.siamese import pair_labels
+from metarun.errors import MetarunError
 from metarun.models import Conv4
 from metarun.tasks import Classification
 from tests.helpers import random_batch, tiny_conv
@@ -30,6 +31,23 @@ def test_one_shot_matching_predicts_the_support_image_of_highest_cosine_similari
     nearest = F.cosine_similarity(query[:, :, None], support[:, None], dim=-1).argmax(-1)  # [T, N*Q]
     assert torch.equal(log_probs.argmax(-1), batch.support_y.gather(1, nearest))
     torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(4, 15))
+
+
+def test_support_cosine_attention_is_the_softmax_of_queries_dotted_with_unit_support_embeddings():
+    batch = float_batch(tasks=2, ways=3, shots=2, queries=2)
+    algorithm = MatchingNet(tiny_conv(), similarity="support_cosine").eval()
+    with torch.no_grad():
+        log_probs = algorithm.log_probabilities(batch)
+        support = algorithm.backbone(batch.support_x.flatten(0, 1)).view(2, 6, -1)
+        query = algorithm.backbone(batch.query_x.flatten(0, 1)).view(2, 6, -1)
+    attention = (query @ (support / support.norm(dim=-1, keepdim=True)).transpose(1, 2)).softmax(-1)  # [T, M, S]
+    expected = torch.stack([attention[..., batch.support_y[0] == c].sum(-1) for c in range(3)], dim=-1)
+    torch.testing.assert_close(log_probs.exp(), expected)
+    symmetric = MatchingNet(tiny_conv()).eval()
+    with torch.no_grad():
+        assert not torch.allclose(symmetric.log_probabilities(batch), log_probs)
+    with pytest.raises(MetarunError, match="algo.similarity='dot' is not known"):
+        MatchingNet(tiny_conv(), similarity="dot")
 
 
 def test_full_context_embeddings_change_the_embeddings_and_keep_their_shapes():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -9,6 +11,7 @@ from torch import Tensor, nn
 from metarun.algorithms.base import Algorithm, StepOutput, classification, classify_queries, embed_episodes
 from metarun.compute import float32, full
 from metarun.episodes import EpisodeBatch
+from metarun.errors import MetarunError
 from metarun.tasks import Task
 
 
@@ -17,16 +20,25 @@ class MatchingNet(Algorithm):
 
     full_context_embeddings: embed the support set with a bidirectional LSTM over it (g) and
     each query with an attention LSTM that reads the support set for `processing_steps` steps
-    (f), as the paper's FCE; off by default. temperature divides the cosines before the softmax
-    (the paper's 1: no scaling).
+    (f), as the paper's FCE; off by default. temperature divides the similarities before the
+    softmax (the paper's 1: no scaling).
+
+    similarity: "cosine", the paper's words, bounds the attention's logits to [-1, 1], so with
+    temperature 1 even a perfect match gets at most e / (e + (N-1) / e) of the attention and
+    training stalls; "support_cosine" normalises only the support embeddings (the query's length
+    scales every logit alike), as the reference codes that reach the paper's Omniglot numbers do
+    (AntreasAntoniou/MatchingNetworks, zergylord/oneshot).
     """
 
     def __init__(self, backbone: nn.Module, task: Task | None = None, full_context_embeddings: bool = False,
-                 processing_steps: int = 5, temperature: float = 1.0):
+                 processing_steps: int = 5, temperature: float = 1.0, similarity: Similarity = "cosine"):
         super().__init__()
         self.task = classification(task, "matchingnet")
+        if similarity not in SIMILARITIES:
+            raise MetarunError(f"algo.similarity={similarity!r} is not known; use {' or '.join(SIMILARITIES)}")
         self.backbone = backbone
         self.temperature = temperature
+        self.similarity = SIMILARITIES[similarity]
         self.fce = FullContextEmbeddings(backbone.out_features, processing_steps) if full_context_embeddings else None
 
     def step(self, batch: EpisodeBatch, train: bool) -> StepOutput:
@@ -38,7 +50,7 @@ class MatchingNet(Algorithm):
         if self.fce is not None:
             support, query = map(full, self.fce(support, query))
         with float32(support.device):  # the attention and its log need the bits
-            attention = (cosine_similarities(query, support) / self.temperature).softmax(dim=-1)  # [T, N*Q, N*K]
+            attention = (self.similarity(query, support) / self.temperature).softmax(dim=-1)  # [T, N*Q, N*K]
             labels = F.one_hot(batch.support_y, batch.ways).to(attention.dtype)  # [T, N*K, N]
             return (attention @ labels).clamp_min(1e-8).log()  # [T, N*Q, N]
 
@@ -78,3 +90,12 @@ class FullContextEmbeddings(nn.Module):
 def cosine_similarities(a: Tensor, b: Tensor) -> Tensor:
     """cos(a_i, b_j): a [T, M, F], b [T, N, F] -> [T, M, N]."""
     return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).transpose(1, 2)
+
+
+def support_cosine_similarities(a: Tensor, b: Tensor) -> Tensor:
+    """a_i . b_j / |b_j|: the queries a [T, M, F] against unit support embeddings b [T, N, F] -> [T, M, N]."""
+    return a @ F.normalize(b, dim=-1).transpose(1, 2)
+
+
+Similarity = Literal["cosine", "support_cosine"]
+SIMILARITIES = {"cosine": cosine_similarities, "support_cosine": support_cosine_similarities}
