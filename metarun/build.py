@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import metarun
-from metarun.compute import Compute, resolve_channels_last, resolve_precision
+from metarun.compute import Compute, resolve_channels_last, resolve_precision, resolve_task_batching
 from metarun.data import DataSplits
 from metarun.distributed import Distributed, SingleProcess
 from metarun.episodes import EpisodeSampler, EpisodeSpec, FixedEpisodes
@@ -117,9 +117,8 @@ def build_algorithm(cfg: DictConfig, input_shape: tuple[int, ...], task: Task, d
             f"algo={choices.get('algo')} has a head of episode.ways={cfg.episode.ways} outputs, "
             f"so episode.train_ways={cfg.episode.train_ways} must equal it"
         )
-    if cfg.algo.get("task_batching") == "auto":
-        # Measured in benchmarks/: a per-task loop is fastest on a small CPU, vmap fills a GPU.
-        extra["task_batching"] = "vmap" if device.type == "cuda" else "loop"
+    if cfg.algo.get("task_batching") is not None:
+        extra["task_batching"] = resolve_task_batching(cfg.algo.task_batching, device)
     algorithm = make(cfg, "algo", backbone=backbone, **extra).to(device)
     if not any(p.requires_grad for p in algorithm.parameters()):
         raise MetarunError(f"backbone.freeze=true leaves algo={choices.get('algo')} nothing to train; "

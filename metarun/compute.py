@@ -71,6 +71,14 @@ def full(x: Tensor) -> Tensor:
     return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
 
 
+def resolve_task_batching(setting: str, device: torch.device) -> str:
+    """algo.task_batching for this device; auto: a per-task loop on a CPU (the fastest on a small
+    one, measured in benchmarks/), vmap on a GPU (it fills one)."""
+    if setting != "auto":
+        return setting
+    return "vmap" if device.type == "cuda" else "loop"
+
+
 def resolve_precision(setting: str, device: torch.device, input_shape: tuple[int, ...], inner_loop: bool = False) -> Precision:
     """trainer.precision on this device. auto: bf16 for image backbones where the device has
     native bf16 (an avx512_bf16/AMX CPU, or a GPU that supports it), else fp32. Measured in

@@ -225,3 +225,11 @@ def run(run_dir, *overrides: str) -> dict:
 def probe_setup(cfg, choices):
     algorithm = build_algorithm(cfg, IMAGE, Classification(classes=64), CPU, choices)
     return algorithm, batch(tasks=1, queries=15), Compute(CPU, resolve_precision("auto", CPU, IMAGE))
+
+
+def test_task_batching_auto_is_a_loop_on_a_cpu_and_vmap_on_a_gpu_and_a_choice_stays():
+    from metarun.compute import resolve_task_batching
+
+    assert resolve_task_batching("auto", torch.device("cpu")) == "loop"
+    assert resolve_task_batching("auto", torch.device("cuda")) == "vmap"
+    assert resolve_task_batching("vmap", torch.device("cpu")) == "vmap"

@@ -80,7 +80,7 @@ class MAML(Algorithm):
     ):
         super().__init__()
         if task_batching not in ("loop", "vmap"):
-            raise MetarunError(f"algo.task_batching={task_batching!r} is not known; use loop, vmap or auto")
+            raise MetarunError(f"algo.task_batching={task_batching!r} is not known; use loop, vmap or auto (the device's choice)")
         if inner_loss not in ("mean", "class_sum"):
             raise MetarunError(f"algo.inner_loss={inner_loss!r} is not known; use mean or class_sum")
         self.task = task or Classification()
