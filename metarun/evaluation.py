@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import contextmanager, nullcontext
+from typing import Iterator
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from metarun.algorithms.base import Algorithm
 from metarun.compute import Compute
@@ -14,15 +16,18 @@ from metarun.episodes import FixedEpisodes
 
 
 def evaluate(algorithm: Algorithm, episodes: FixedEpisodes, compute: Compute, batch_size: int,
-             distributed: SingleProcess | None = None) -> dict[str, Tensor]:
+             distributed: SingleProcess | None = None, batch_norm: str = "running") -> dict[str, Tensor]:
     """Per-episode metrics [E] on fixed episodes, in eval mode without an outer graph; the
     algorithm is left in training mode. `batch_size` episodes per pass unless memory allows fewer
-    (compute.eval_tasks_per_pass); under several processes each scores its share of the batches."""
+    (compute.eval_tasks_per_pass); under several processes each scores its share of the batches.
+    batch_norm "batch": batch norm layers normalise with each pass's own statistics (transductive,
+    as Relation Networks' code tests; per episode with batch_size 1), "running": with the running ones."""
     distributed = distributed or SingleProcess()
     algorithm.eval()
     per_episode = defaultdict(list)
     per_pass = compute.eval_tasks_per_pass or batch_size
-    with torch.no_grad(), compute.autocast():
+    statistics = batch_statistics(algorithm) if batch_norm == "batch" else nullcontext()
+    with torch.no_grad(), compute.autocast(), statistics:
         for index, batch in enumerate(episodes.batches(per_pass)):
             if distributed.owns(index):
                 for name, values in algorithm.step(batch, train=False).metrics.items():
@@ -30,3 +35,21 @@ def evaluate(algorithm: Algorithm, episodes: FixedEpisodes, compute: Compute, ba
     algorithm.train()
     per_episode = distributed.gather_episodes(per_episode)
     return {name: torch.cat(values).cpu() for name, values in per_episode.items()}
+
+
+@contextmanager
+def batch_statistics(module: nn.Module) -> Iterator[None]:
+    """Batch norm layers that keep running statistics normalise with the batch's instead, and keep
+    their running statistics unchanged (momentum 0), while in the block."""
+    layers = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in layers]
+    for layer in layers:
+        layer.train()
+        layer.momentum = 0.0
+    try:
+        yield
+    finally:
+        for layer, (momentum, tracked) in zip(layers, saved):
+            layer.eval()
+            layer.momentum = momentum
+            layer.num_batches_tracked.copy_(tracked)

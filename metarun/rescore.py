@@ -25,8 +25,9 @@ USAGE = "usage: metarun-eval run=<run folder> [episode=5way_1shot] [episode.shot
 
 # Keys an evaluation may change: the episodes it scores on and how it computes them.
 EVALUATION_KEYS = ("episode.", "data.", "eval_seed", "device", "deterministic", "malloc", "algo.eval_", "logger.",
-                   "trainer.test_episodes", "trainer.test_weights", "trainer.eval_batch_size", "trainer.precision",
-                   "trainer.channels_last", "trainer.max_images_per_pass", "trainer.progress", "trainer.resume")
+                   "trainer.test_episodes", "trainer.test_weights", "trainer.eval_batch_size", "trainer.eval_batch_norm",
+                   "trainer.precision", "trainer.channels_last", "trainer.max_images_per_pass", "trainer.progress",
+                   "trainer.resume")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -95,7 +96,7 @@ def rescore(run: Path, overrides: list[str]) -> tuple[dict, Path]:
                "queries": eval_spec.queries, "episodes": settings.test_episodes, "eval_seed": cfg.eval_seed}
     result = {
         "metric": metric,
-        "test": summarize(evaluate(algorithm, episodes, compute, settings.eval_batch_size)),
+        "test": summarize(evaluate(algorithm, episodes, compute, settings.eval_batch_size, batch_norm=settings.eval_batch_norm)),
         "setting": setting,
         "run": str(run),
         "weights": "best.pt" if (run / "best.pt").is_file() and settings.test_weights == "best" else "last.pt",

@@ -45,6 +45,7 @@ class LoopSettings:
     overfit_batches: int = 0
     on_nonfinite: Literal["stop", "skip"] = "stop"
     test_weights: Literal["best", "last"] = "best"  # the weights the final test scores
+    eval_batch_norm: Literal["running", "batch"] = "running"  # batch norm statistics at validation and test
     distributed: bool = False  # trainer=ddp: the meta-batch's tasks shared between torchrun's processes
     # Resolved with the device by build.py into a Compute (metarun/compute.py, metarun/memory.py):
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
@@ -56,6 +57,8 @@ class LoopSettings:
             raise MetarunError(f"trainer.resume={self.resume!r} is not known; use true, false or auto")
         if self.on_nonfinite not in ("stop", "skip"):
             raise MetarunError(f"trainer.on_nonfinite={self.on_nonfinite!r} is not known; use stop or skip")
+        if self.eval_batch_norm not in ("running", "batch"):
+            raise MetarunError(f"trainer.eval_batch_norm={self.eval_batch_norm!r} is not known; use running or batch")
         if self.test_weights not in ("best", "last"):
             raise MetarunError(f"trainer.test_weights={self.test_weights!r} is not known; use best or last")
 
@@ -254,7 +257,8 @@ class Trainer:
 
     def evaluate(self, episodes: FixedEpisodes) -> dict[str, torch.Tensor]:
         """Per-episode metrics [E] on fixed episodes (metarun.evaluation.evaluate)."""
-        return evaluate(self.algorithm, episodes, self.compute, self.settings.eval_batch_size, self.distributed)
+        return evaluate(self.algorithm, episodes, self.compute, self.settings.eval_batch_size, self.distributed,
+                        self.settings.eval_batch_norm)
 
     def _test(self, wall_seconds: float) -> dict:
         self.distributed.barrier()  # rank 0 has written its checkpoints: every process sees the same files
