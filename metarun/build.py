@@ -68,8 +68,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> Tr
         prepare_run_dir(run_dir)
     logger = make(cfg, "logger", log_dir=run_dir / "tb") if distributed.is_main else NullLogger()
     val_episodes = FixedEpisodes(splits.val, eval_spec, settings.val_episodes, cfg.eval_seed, "val")
-    pictures = RunPictures(logger, run_dir, compute, train_episode=FixedEpisodes(splits.train, train_spec, 1, cfg.eval_seed, "picture"),
-                           val_episodes=val_episodes, figures=splits.test.figures(eval_spec, cfg.eval_seed), is_main=distributed.is_main)
+    pictures = RunPictures(logger, run_dir, compute, val_episodes=val_episodes, is_main=distributed.is_main,
+                           train_episode=FixedEpisodes(splits.train, train_spec, 1, cfg.eval_seed, "picture"),
+                           figures=splits.test.figures(eval_spec, cfg.eval_seed))
     return Trainer(
         algorithm=algorithm,
         optimizer=optimizer,

@@ -168,7 +168,7 @@ class Trainer:
                     self._validate(step)
                     bar.set_postfix(self._postfix)
                 else:
-                    self._save(self.state.state_dict(vars(self.progress).copy(), self.metadata), "last.pt")
+                    self._save_last()
                 segment_start = time.perf_counter()
             if stopping:
                 bar.close()
@@ -231,7 +231,7 @@ class Trainer:
         if self._improves(value):
             self.progress.best_val, self.progress.best_step = value, step
             self._save({"algorithm": self.algorithm.state_dict(), "step": step}, "best.pt")
-        self._save(self.state.state_dict(vars(self.progress).copy(), self.metadata), "last.pt")
+        self._save_last()
 
     def _non_finite_validation(self, step: int, value: float) -> None:
         """Stop keeping the last good checkpoint, as a non-finite training loss does, or count it and go on."""
@@ -243,6 +243,10 @@ class Trainer:
             f"non-finite validation {self.monitor} = {value} at step {step}: the weights diverge on the validation "
             f"episodes; {self.run_dir / 'last.pt'} keeps the weights of the validation before it; "
             "lower the learning rates (optim.lr, algo.inner_lr), or set trainer.on_nonfinite=skip")
+
+    def _save_last(self) -> None:
+        """last.pt: everything a resumed run continues from (checkpoints.TrainingState), with the progress."""
+        self._save(self.state.state_dict(vars(self.progress).copy(), self.metadata), "last.pt")
 
     def _save(self, state: dict, name: str) -> None:
         if self.distributed.is_main:

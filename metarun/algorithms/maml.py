@@ -29,7 +29,7 @@ class TaskOutput(NamedTuple):
 
     objective: Tensor  # [] the meta-objective in training; the query loss at evaluation
     metrics: dict[str, Tensor]  # {name: []}
-    predictions: dict[int, Tensor]  # at evaluation, the query outputs after the recorded inner steps {k: [N*Q, outputs]}; {} in training
+    predictions: dict[int, Tensor]  # evaluation: the query outputs after the recorded inner steps {k: [N*Q, outputs]}
 
 
 class MAML(Algorithm):
@@ -80,7 +80,8 @@ class MAML(Algorithm):
     ):
         super().__init__()
         if task_batching not in ("loop", "vmap"):
-            raise MetarunError(f"algo.task_batching={task_batching!r} is not known; use loop, vmap or auto (the device's choice)")
+            raise MetarunError(f"algo.task_batching={task_batching!r} is not known; "
+                               "use loop, vmap or auto (the device's choice)")
         if inner_loss not in ("mean", "class_sum"):
             raise MetarunError(f"algo.inner_loss={inner_loss!r} is not known; use mean or class_sum")
         self.task = task or Classification()
