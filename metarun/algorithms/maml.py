@@ -7,29 +7,21 @@ task function runs per task or under torch.func.vmap; second order unless first 
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, Literal, NamedTuple
+from typing import Callable, Literal
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad
 
-from metarun.algorithms.base import Algorithm, StepOutput, gradient_surrogate
+from metarun.algorithms.base import Algorithm, StepOutput
+from metarun.algorithms.per_task import TaskBatching, TaskOutput, param_key, run_per_task
 from metarun.compute import full
 from metarun.episodes import EpisodeBatch
 from metarun.errors import MetarunError
 from metarun.models import use_batch_statistics
 from metarun.tasks import Classification, Task
 
-TaskBatching = Literal["loop", "vmap"]
 Params = dict[str, Tensor]
-
-
-class TaskOutput(NamedTuple):
-    """What one task's function returns (under vmap, each field gains a leading task axis)."""
-
-    objective: Tensor  # [] the meta-objective in training; the query loss at evaluation
-    metrics: dict[str, Tensor]  # {name: []}
-    predictions: dict[int, Tensor]  # evaluation: the query outputs after the recorded inner steps {k: [N*Q, outputs]}
 
 
 class MAML(Algorithm):
@@ -123,26 +115,8 @@ class MAML(Algorithm):
 
     def run_tasks(self, task: Callable[..., TaskOutput], inputs: tuple[Tensor, ...], train: bool) -> StepOutput:
         """Apply `task` to every task of the meta-batch (inputs [T, ...] each), batched or one by one."""
-        if self.task_batching == "vmap":
-            out = vmap(task, randomness="different")(*inputs)
-            return StepOutput(out.objective.mean(), out.metrics, out.predictions or None)
-        # One task at a time; in training, backward per task so one task's graph is alive at once.
         params = [p for p in self.parameters() if p.requires_grad]
-        meta_grads: list[Tensor | None] = [None] * len(params)
-        outputs = []
-        tasks = inputs[0].shape[0]
-        for t in range(tasks):
-            out = task(*(x[t] for x in inputs))
-            if train and out.objective.requires_grad:
-                grads = torch.autograd.grad(out.objective / tasks, params, allow_unused=True)
-                meta_grads = [_add(total, g) for total, g in zip(meta_grads, grads)]
-            outputs.append(out._replace(objective=out.objective.detach()))
-        if torch.is_grad_enabled():
-            objective = gradient_surrogate(params, meta_grads)
-        else:
-            objective = torch.stack([out.objective for out in outputs]).mean()
-        predictions = [out.predictions for out in outputs]
-        return StepOutput(objective, _stack([out.metrics for out in outputs]), _stack(predictions) if predictions[0] else None)
+        return run_per_task(task, inputs, params, self.task_batching, train)
 
     def task_loss(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor, steps: int, train: bool) -> TaskOutput:
         """Adapt on one task's support set, score its query set.
@@ -193,7 +167,7 @@ class MAML(Algorithm):
         if self.step_norms is None:
             return functional_call(self.learner, fast, (x,))
         last = self.inner_steps
-        norms = {name: self.step_norms[_key(name)][min(k, last)] for name in self._norm_names}
+        norms = {name: self.step_norms[param_key(name)][min(k, last)] for name in self._norm_names}
         return functional_call(self.learner, {**fast, **norms}, (x,))
 
     def inner_update(self, fast: Params, x: Tensor, y: Tensor, k: int, first_order: bool) -> Params:
@@ -212,7 +186,7 @@ class MAML(Algorithm):
     def inner_rate(self, name: str, k: int) -> Tensor | float:
         if self.inner_lrs is None:
             return self.inner_lr
-        rates = self.inner_lrs[_key(name)]  # [steps, *shape]
+        rates = self.inner_lrs[param_key(name)]  # [steps, *shape]
         return rates[min(k, len(rates) - 1)]  # evaluation beyond the trained steps reuses the last
 
     def adapt(self, fast: Params, x: Tensor, y: Tensor, steps: int) -> Params:
@@ -227,7 +201,7 @@ class MAML(Algorithm):
     def _learned_inner_lrs(self) -> nn.ParameterDict:
         """MAML++: one rate per parameter tensor and training inner step, starting at inner_lr."""
         return nn.ParameterDict({
-            _key(name): nn.Parameter(torch.full((self.inner_steps,), float(self.inner_lr)))
+            param_key(name): nn.Parameter(torch.full((self.inner_steps,), float(self.inner_lr)))
             for name in self.fast_weights()
         })
 
@@ -240,7 +214,7 @@ class MAML(Algorithm):
         params = dict(self.learner.named_parameters())
         copies = {}
         for name in self._norm_names:
-            copies[_key(name)] = nn.Parameter(params[name].detach().repeat(self.inner_steps + 1, 1))
+            copies[param_key(name)] = nn.Parameter(params[name].detach().repeat(self.inner_steps + 1, 1))
             params[name].requires_grad_(False)
         return nn.ParameterDict(copies)
 
@@ -262,18 +236,3 @@ def step_metrics(task: Task, out: Tensor, targets: Tensor, loss: Tensor, k: int)
     """The query metrics after k inner steps, named "loss@k", "acc@k" (or "mse@k")."""
     metrics = {"loss": loss, **task.metrics(out, targets)}
     return {f"{name}@{k}": value.detach() for name, value in metrics.items()}
-
-
-def _stack(per_task: list[dict]) -> dict:
-    return {key: torch.stack([values[key] for values in per_task]) for key in per_task[0]}
-
-
-def _key(name: str) -> str:
-    """A parameter name as a ParameterDict key (no dots)."""
-    return name.replace(".", "__")
-
-
-def _add(total: Tensor | None, g: Tensor | None) -> Tensor | None:
-    if g is None:
-        return total
-    return g if total is None else total + g

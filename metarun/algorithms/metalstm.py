@@ -11,12 +11,14 @@ with it through the unroll on the query loss.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad
 
-from metarun.algorithms.base import Algorithm, StepOutput, gradient_surrogate
+from metarun.algorithms.base import Algorithm, StepOutput
+from metarun.algorithms.per_task import TaskOutput, run_per_task
 from metarun.compute import float32, full
 from metarun.episodes import EpisodeBatch
 from metarun.models import use_batch_statistics
@@ -52,22 +54,15 @@ class MetaLSTM(Algorithm):
     def step(self, batch: EpisodeBatch, train: bool) -> StepOutput:
         steps = self.inner_steps if train else self.eval_inner_steps
         params = [p for p in self.parameters() if p.requires_grad]
-        meta_grads: list[Tensor | None] = [None] * len(params)
-        losses, metrics, predictions = [], [], []
-        for t in range(batch.tasks):  # one task's unroll alive at a time
-            cell_state = self.adapt(batch.support_x[t], batch.support_y[t], steps)
-            out = self.forward_with(cell_state, batch.query_x[t])
-            loss = self.task.loss(out, batch.query_y[t])
-            if train:
-                grads = torch.autograd.grad(loss / batch.tasks, params, allow_unused=True)
-                meta_grads = [g if total is None else total + g for total, g in zip(meta_grads, grads)]
-            losses.append(loss.detach())
-            metrics.append(self.task.metrics(out.detach(), batch.query_y[t]))
-            predictions.append(full(out.detach()))
-        loss = torch.stack(losses)
-        objective = gradient_surrogate(params, meta_grads) if train else loss.mean()
-        task_metrics = {name: torch.stack([m[name] for m in metrics]) for name in metrics[0]}
-        return StepOutput(objective, {"loss": loss, **task_metrics}, {steps: torch.stack(predictions)})
+        inputs = (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+        return run_per_task(partial(self.task_loss, steps=steps), inputs, params, "loop", train)  # one unroll alive at a time
+
+    def task_loss(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor, steps: int) -> TaskOutput:
+        """The query loss after the meta-learner's `steps` updates on the support set."""
+        out = self.forward_with(self.adapt(support_x, support_y, steps), query_x)
+        loss = self.task.loss(out, query_y)
+        metrics = {"loss": loss.detach(), **self.task.metrics(out.detach(), query_y)}
+        return TaskOutput(loss, metrics, {steps: full(out.detach())})
 
     def initial_cell_state(self) -> Tensor:
         """c_0: the learner's parameters flattened into one vector [P]."""

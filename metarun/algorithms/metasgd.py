@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from metarun.algorithms.maml import MAML, _key
+from metarun.algorithms.maml import MAML
+from metarun.algorithms.per_task import param_key
 
 
 class MetaSGD(MAML):
@@ -28,6 +29,6 @@ class MetaSGD(MAML):
     def _learned_inner_lrs(self) -> nn.ParameterDict:
         """One rate per weight, shared by every inner step: [1, *weight.shape]."""
         return nn.ParameterDict({
-            _key(name): nn.Parameter(torch.full((1, *p.shape), float(self.inner_lr)))
+            param_key(name): nn.Parameter(torch.full((1, *p.shape), float(self.inner_lr)))
             for name, p in self.fast_weights().items()
         })

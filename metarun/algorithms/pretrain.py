@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from metarun.algorithms.maml import MAML, TaskOutput
+from metarun.algorithms.maml import MAML
+from metarun.algorithms.per_task import TaskOutput
 from metarun.errors import MetarunError
 from metarun.tasks import Regression
 

@@ -12,7 +12,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value
 
 from metarun.algorithms.base import StepOutput
-from metarun.algorithms.maml import MAML, Params, TaskBatching, TaskOutput, step_metrics
+from metarun.algorithms.maml import MAML, Params, step_metrics
+from metarun.algorithms.per_task import TaskBatching, TaskOutput
 from metarun.compute import full
 from metarun.episodes import EpisodeBatch
 from metarun.errors import MetarunError
