@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad
 
 from metarun.algorithms.base import Algorithm, StepOutput
-from metarun.algorithms.per_task import TaskBatching, TaskOutput, param_key, run_per_task
+from metarun.algorithms.per_task import TaskBatching, TaskOutput, check_batching, param_key, run_per_task
 from metarun.compute import full
 from metarun.episodes import EpisodeBatch
 from metarun.errors import MetarunError
@@ -71,9 +71,7 @@ class MAML(Algorithm):
         inner_loss: Literal["mean", "class_sum"] = "mean",
     ):
         super().__init__()
-        if task_batching not in ("loop", "vmap"):
-            raise MetarunError(f"algo.task_batching={task_batching!r} is not known; "
-                               "use loop, vmap or auto (the device's choice)")
+        check_batching(task_batching)
         if inner_loss not in ("mean", "class_sum"):
             raise MetarunError(f"algo.inner_loss={inner_loss!r} is not known; use mean or class_sum")
         self.task = task or Classification()
@@ -148,8 +146,7 @@ class MAML(Algorithm):
         return TaskOutput(loss.detach(), metrics, predictions)
 
     def recorded(self, k: int, steps: int) -> bool:
-        """Whether evaluation scores the queries after k inner steps."""
-        return k == steps or (self.eval_curve and k <= 10)
+        return recorded(k, steps, self.eval_curve)
 
     def query_loss_weights(self, steps: int) -> list[float]:
         """The weight of the query loss after k = 0..steps inner steps in the training objective."""
@@ -217,6 +214,11 @@ class MAML(Algorithm):
             copies[param_key(name)] = nn.Parameter(params[name].detach().repeat(self.inner_steps + 1, 1))
             params[name].requires_grad_(False)
         return nn.ParameterDict(copies)
+
+
+def recorded(k: int, steps: int, curve: bool) -> bool:
+    """Whether evaluation scores the queries after k of `steps` inner steps (with `curve`, after each of the first ten)."""
+    return k == steps or (curve and k <= 10)
 
 
 def multi_step_weights(steps: int, progress: float, floor: float = 0.03) -> list[float]:

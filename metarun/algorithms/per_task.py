@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from metarun.algorithms.base import StepOutput, gradient_surrogate
+from metarun.errors import MetarunError
 
 TaskBatching = Literal["loop", "vmap"]
 
@@ -24,6 +25,12 @@ class TaskOutput(NamedTuple):
     objective: Tensor  # [] the meta-objective in training; the query loss at evaluation
     metrics: dict[str, Tensor]  # {name: []}
     predictions: dict[int, Tensor]  # evaluation: the query outputs after the recorded inner steps {k: [N*Q, outputs]}
+
+
+def check_batching(batching: str) -> TaskBatching:
+    if batching not in ("loop", "vmap"):
+        raise MetarunError(f"algo.task_batching={batching!r} is not known; use loop, vmap or auto (the device's choice)")
+    return batching
 
 
 def run_per_task(task: Callable[..., TaskOutput], inputs: tuple[Tensor, ...], params: list[Tensor],

@@ -11,16 +11,17 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value
 
-from metarun.algorithms.base import StepOutput
-from metarun.algorithms.maml import MAML, Params, step_metrics
-from metarun.algorithms.per_task import TaskBatching, TaskOutput
+from metarun.algorithms.base import Algorithm, StepOutput
+from metarun.algorithms.maml import Params, recorded, step_metrics
+from metarun.algorithms.per_task import TaskBatching, TaskOutput, check_batching, run_per_task
 from metarun.compute import full
 from metarun.episodes import EpisodeBatch
 from metarun.errors import MetarunError
-from metarun.tasks import Task
+from metarun.models import use_batch_statistics
+from metarun.tasks import Classification, Task
 
 
-class Reptile(MAML):
+class Reptile(Algorithm):
     """Several inner steps of Adam (beta1 = 0, as the paper's code) or SGD on minibatches of each
     task's images, without an outer graph; the meta-gradient is theta minus the adapted weights,
     averaged over the meta-batch, so the outer optimiser is the paper's interpolation: plain SGD
@@ -31,6 +32,8 @@ class Reptile(MAML):
     with eval_inner_steps steps of eval_inner_batch_size images, then the queries are scored in
     one batch (the paper's transductive setting, as MAML's evaluation is).
     """
+
+    inner_loop = True
 
     def __init__(
         self,
@@ -46,15 +49,23 @@ class Reptile(MAML):
         task_batching: TaskBatching = "loop",
         eval_curve: bool = False,
     ):
-        super().__init__(backbone, ways, task, inner_lr, inner_steps, eval_inner_steps, task_batching=task_batching,
-                         eval_curve=eval_curve)
+        super().__init__()
+        check_batching(task_batching)
         if inner_optimizer not in ("adam", "sgd"):
             raise MetarunError(f"algo.inner_optimizer={inner_optimizer!r} is not known; use adam or sgd")
         if min(inner_batch_size, eval_inner_batch_size) < 1:
             raise MetarunError("algo.inner_batch_size and algo.eval_inner_batch_size must be at least 1")
+        self.task = task or Classification()
+        self.net = nn.Sequential(backbone, nn.Linear(backbone.out_features, self.task.outputs(ways)))
+        use_batch_statistics(self.net, explicit=task_batching == "vmap")  # per task, as MAML's protocol
+        self.inner_lr = inner_lr
+        self.inner_steps = inner_steps
+        self.eval_inner_steps = eval_inner_steps
         self.inner_batch_size = inner_batch_size
         self.eval_inner_batch_size = eval_inner_batch_size
         self.inner_optimizer = inner_optimizer
+        self.task_batching = task_batching
+        self.eval_curve = eval_curve
 
     def step(self, batch: EpisodeBatch, train: bool) -> StepOutput:
         if train:
@@ -66,7 +77,8 @@ class Reptile(MAML):
             steps, batch_size = self.eval_inner_steps, self.eval_inner_batch_size
         order = minibatch_order(batch.tasks, x.shape[1], steps, batch_size, x.device)
         task = partial(self.task_loss, steps=steps, train=train)
-        return self.run_tasks(task, (x, y, batch.query_x, batch.query_y, order), train)
+        params = [p for p in self.parameters() if p.requires_grad]
+        return run_per_task(task, (x, y, batch.query_x, batch.query_y, order), params, self.task_batching, train)
 
     def task_loss(self, x: Tensor, y: Tensor, query_x: Tensor, query_y: Tensor, order: Tensor, steps: int, train: bool) -> TaskOutput:
         """x, y: the task's data [M, ...]; order: image indices per inner step [steps, B].
@@ -74,13 +86,13 @@ class Reptile(MAML):
         Training returns sum(theta * (theta - adapted)) as the objective (its gradient is
         theta - adapted) with the inner minibatches' mean loss and metric; evaluation returns
         the query metrics after the recorded inner steps."""
-        initial = self.fast_weights()
+        initial = {name: p for name, p in self.net.named_parameters() if p.requires_grad}
         fast = {name: p.detach() for name, p in initial.items()}
         moments: dict[str, Params] = {}
         inner, metrics, predictions = [], {}, {}
         for k in range(steps + 1):
-            if not train and self.recorded(k, steps):
-                out = functional_call(self.learner, fast, (query_x,))
+            if not train and recorded(k, steps, self.eval_curve):
+                out = functional_call(self.net, fast, (query_x,))
                 loss = self.task.loss(out, query_y)
                 metrics |= step_metrics(self.task, out, query_y, loss, k)
                 predictions[k] = full(out)
@@ -97,7 +109,7 @@ class Reptile(MAML):
 
     def _minibatch_loss(self, fast: Params, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """The loss, and the predictions as an auxiliary output."""
-        out = functional_call(self.learner, fast, (x,))
+        out = functional_call(self.net, fast, (x,))
         return self.task.loss(out, y), out.detach()
 
     def _inner_step(self, fast: Params, grads: Params, moments: dict[str, Params], k: int) -> Params:
