@@ -59,6 +59,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> Tr
     check_splits(splits, train_spec, eval_spec, choices.get("data", "the data set"))
     splits = splits.to(device)
     algorithm = build_algorithm(cfg, splits.train.input_shape, splits.task, device, choices)
+    if settings.test_ensemble > 1 and splits.task.name != "classification":
+        raise MetarunError(f"trainer.test_ensemble={settings.test_ensemble} averages class probabilities; "
+                           f"this data set is a {splits.task.name} task")
     compute = resolve_compute(settings, device, splits.train.input_shape, algorithm.inner_loop)
     compute.place(algorithm)
     compute = plan_memory(compute, settings, algorithm, splits, train_spec, eval_spec, cfg.seed, distributed)

@@ -10,9 +10,10 @@ import torch
 from torch import Tensor, nn
 
 from metarun.algorithms.base import Algorithm
-from metarun.compute import Compute
+from metarun.compute import Compute, full
 from metarun.distributed import SingleProcess
 from metarun.episodes import FixedEpisodes
+from metarun.tasks import Classification
 
 
 def evaluate(algorithm: Algorithm, episodes: FixedEpisodes, compute: Compute, batch_size: int,
@@ -35,6 +36,27 @@ def evaluate(algorithm: Algorithm, episodes: FixedEpisodes, compute: Compute, ba
     algorithm.train()
     per_episode = distributed.gather_episodes(per_episode)
     return {name: torch.cat(values).cpu() for name, values in per_episode.items()}
+
+
+def evaluate_ensemble(algorithm: Algorithm, weights: list[dict], episodes: FixedEpisodes, compute: Compute, batch_size: int,
+                      task: Classification, batch_norm: str = "running") -> dict[str, Tensor]:
+    """Per-episode loss and metrics [E] of the mean class probabilities of several weights of
+    `algorithm` (MAML++'s ensemble of its best validation checkpoints); the algorithm is left
+    with the last weights, in training mode."""
+    per_pass = compute.eval_tasks_per_pass or batch_size
+    members = []
+    for state in weights:
+        algorithm.load_state_dict(state)
+        algorithm.eval()
+        statistics = batch_statistics(algorithm) if batch_norm == "batch" else nullcontext()
+        with torch.no_grad(), compute.autocast(), statistics:
+            scores = [algorithm.step(batch, train=False).predictions for batch in episodes.batches(per_pass)]
+        members.append(torch.cat([full(s[max(s)]).softmax(dim=-1) for s in scores]).cpu())  # [E, N*Q, N]
+    algorithm.train()
+    probabilities = torch.stack(members).mean(dim=0)
+    labels = torch.cat([batch.query_y.cpu() for batch in episodes.batches(per_pass)])  # [E, N*Q]
+    loss = -probabilities.clamp_min(1e-12).log().gather(-1, labels[..., None]).squeeze(-1).mean(dim=-1)
+    return {"loss": loss, **task.metrics(probabilities, labels)}
 
 
 @contextmanager

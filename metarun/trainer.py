@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -18,7 +18,7 @@ from metarun.compute import Compute
 from metarun.distributed import SingleProcess
 from metarun.episodes import EpisodeSampler, FixedEpisodes
 from metarun.errors import MetarunError
-from metarun.evaluation import evaluate
+from metarun.evaluation import evaluate, evaluate_ensemble
 from metarun.interrupts import RunInterrupted, StopRequests
 from metarun.loggers import NullLogger
 from metarun.memory import PassPlan, resumed_plan
@@ -46,6 +46,7 @@ class LoopSettings:
     on_nonfinite: Literal["stop", "skip"] = "stop"
     test_weights: Literal["best", "last"] = "best"  # the weights the final test scores
     eval_batch_norm: Literal["running", "batch"] = "running"  # batch norm statistics at validation and test
+    test_ensemble: int = 1  # > 1: test the mean prediction of this many best validation checkpoints (MAML++: 5)
     distributed: bool = False  # trainer=ddp: the meta-batch's tasks shared between torchrun's processes
     # Resolved with the device by build.py into a Compute (metarun/compute.py, metarun/memory.py):
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
@@ -59,6 +60,8 @@ class LoopSettings:
             raise MetarunError(f"trainer.on_nonfinite={self.on_nonfinite!r} is not known; use stop or skip")
         if self.eval_batch_norm not in ("running", "batch"):
             raise MetarunError(f"trainer.eval_batch_norm={self.eval_batch_norm!r} is not known; use running or batch")
+        if not isinstance(self.test_ensemble, int) or self.test_ensemble < 1:
+            raise MetarunError(f"trainer.test_ensemble={self.test_ensemble!r} is invalid: it must be a positive integer")
         if self.test_weights not in ("best", "last"):
             raise MetarunError(f"trainer.test_weights={self.test_weights!r} is not known; use best or last")
 
@@ -73,6 +76,7 @@ class Progress:
     train_seconds: float = 0.0
     skipped_steps: int = 0
     skipped_validations: int = 0  # not finite, under trainer.on_nonfinite=skip
+    top: list = field(default_factory=list)  # [[value, step], ...]: the checkpoints top_<step>.pt kept for test_ensemble
 
 
 class Trainer:
@@ -231,7 +235,21 @@ class Trainer:
         if self._improves(value):
             self.progress.best_val, self.progress.best_step = value, step
             self._save({"algorithm": self.algorithm.state_dict(), "step": step}, "best.pt")
+        dropped = self._keep_top(value, step) if self.settings.test_ensemble > 1 and math.isfinite(value) else []
         self._save_last()
+        for old_step in dropped:  # after last.pt no longer lists them
+            if self.distributed.is_main:
+                (self.run_dir / f"top_{old_step}.pt").unlink(missing_ok=True)
+
+    def _keep_top(self, value: float, step: int) -> list[int]:
+        """Keep this validation's weights as top_<step>.pt if it is among the test_ensemble best;
+        returns the steps whose checkpoints fell out."""
+        ranked = sorted([*self.progress.top, [value, step]], key=lambda entry: -entry[0] if self.higher_is_better else entry[0])
+        kept, dropped = ranked[: self.settings.test_ensemble], ranked[self.settings.test_ensemble :]
+        if [value, step] in kept:
+            self._save({"algorithm": self.algorithm.state_dict(), "step": step}, f"top_{step}.pt")
+        self.progress.top = kept
+        return [old_step for _, old_step in dropped if old_step != step]
 
     def _non_finite_validation(self, step: int, value: float) -> None:
         """Stop keeping the last good checkpoint, as a non-finite training loss does, or count it and go on."""
@@ -269,10 +287,18 @@ class Trainer:
         if not (self.run_dir / "best.pt").exists():  # resumed to a step count it had already reached
             self._validate(self.progress.step)
             self.distributed.barrier()
-        tested = self._load_tested_weights()
-        log.info("testing the %s weights, of step %d, on %d fixed test episodes", tested["weights"], tested["step"],
-                 len(self.test_episodes))
-        test = summarize(self.evaluate(self.test_episodes))
+        if self.settings.test_ensemble > 1 and self.progress.top:
+            steps = [step for _, step in self.progress.top]
+            tested = {"weights": f"mean of the {len(steps)} best validations", "steps": steps}
+            log.info("testing the mean prediction of the weights of steps %s on %d fixed test episodes", steps, len(self.test_episodes))
+            weights = [checkpoints.load(self.run_dir / f"top_{step}.pt")["algorithm"] for step in steps]
+            test = summarize(evaluate_ensemble(self.algorithm, weights, self.test_episodes, self.compute,
+                                               self.settings.eval_batch_size, self.algorithm.task, self.settings.eval_batch_norm))
+        else:
+            tested = self._load_tested_weights()
+            log.info("testing the %s weights, of step %d, on %d fixed test episodes", tested["weights"], tested["step"],
+                     len(self.test_episodes))
+            test = summarize(self.evaluate(self.test_episodes))
         if not math.isfinite(test[self.monitor]):
             log.warning("test %s is %s over %d episodes: the weights diverge on some test episodes (lower optim.lr or "
                         "algo.inner_lr); results.json records null", self.monitor, test[self.monitor], test["episodes"])
