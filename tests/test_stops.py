@@ -49,12 +49,13 @@ def test_ctrl_c_during_the_final_test_is_one_line_and_the_printed_command_finish
     process = start(*SMOKE, "algo=protonet", "trainer.test_episodes=600", "trainer.eval_batch_size=1", f"hydra.run.dir={run}",
                     cwd=tmp_path)
     seen = []
-    for line in process.stdout:
+    while line := process.stdout.readline():
         seen.append(line)
-        if "testing the weights of step" in line:
+        if "testing the best weights" in line:
             process.send_signal(signal.SIGINT)
             break
-    rest, _ = process.communicate(timeout=120)
+    process.wait(timeout=120)
+    rest = process.stdout.read()  # from the same buffered reader: nothing it already holds is lost
     stopped = lines(rest)
     assert process.returncode == 130 and len(stopped) == 1, seen + [rest]
     message, _, resume = stopped[0].partition("; continue with: ")
