@@ -49,9 +49,8 @@ def compose_run(overrides: list[str]) -> tuple[DictConfig, dict[str, str]]:
 
 def requires_data(folder: Path):
     """Skip a test whose real data set is not here, unless the data's folder was named (CI): then it fails."""
-    if SHARED_DATA_GIVEN:
-        return pytest.mark.usefixtures()  # no skip: a missing folder fails the test that reads it
-    return pytest.mark.skipif(not folder.exists(), reason=f"real data not found at {folder}")
+    missing = not folder.exists() and not SHARED_DATA_GIVEN  # given but missing: the test that reads it fails
+    return pytest.mark.skipif(missing, reason=f"real data not found at {folder}")
 
 
 def requires_omniglot():
