@@ -39,6 +39,7 @@ def run() -> None:
             if key == "hydra.run.dir":  # made by writable() or by Hydra, before the job could clean up
                 remove_if_unused(Path(value))
         print(f"metarun: stopped ({stopped.signal_name}) before training began; nothing to resume", file=sys.stderr)
+        logging.disable(logging.CRITICAL)  # a half-imported torch would log its exit hooks' statistics at INFO
         sys.exit(exit_code(stopped.signal_name))
 
 
