@@ -75,6 +75,7 @@ def eval_command(run: str, overrides: list[str]) -> list[str]:
 
 def reproduce(run: str, spec: dict) -> None:
     """Train `run` unless its folder holds a finished run of the same command, score its rows, record them."""
+    from metarun.report import validation_curve
     from metarun.rescore import rescore
 
     record_path = RESULTS / f"{run}.json"
@@ -92,10 +93,11 @@ def reproduce(run: str, spec: dict) -> None:
         if row.get("eval"):
             print(f"{run}: {' '.join(eval_command(run, row['eval']))}", flush=True)
             evals[" ".join(row["eval"])], _ = rescore(folder, row["eval"])
+    results = json.loads((folder / "results.json").read_text())
     record = {
         "train": spec["train"],
-        "results": json.loads((folder / "results.json").read_text()),
-        "val_curve": validation_curve(folder),
+        "results": results,
+        "val_curve": [list(point) for point in validation_curve(folder / "tb", f"val/{results['metric']}")],
         "evals": evals,
         "machine": machine(),
     }
@@ -109,18 +111,6 @@ def finished(folder: Path, train: list[str]) -> bool:
     if not (folder / "results.json").exists() or not overrides.exists():
         return False
     return [o for o in yaml.safe_load(overrides.read_text()) if o.partition("=")[0] in {t.partition("=")[0] for t in train}] == train
-
-
-def validation_curve(folder: Path) -> list[list[float]]:
-    """[[step, value], ...] of the monitored validation metric, from the run's TensorBoard events."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    metric = json.loads((folder / "results.json").read_text())["metric"]
-    events = EventAccumulator(str(folder / "tb"), size_guidance={"scalars": 0})
-    events.Reload()
-    if f"val/{metric}" not in events.Tags()["scalars"]:
-        return []
-    return [[event.step, event.value] for event in events.Scalars(f"val/{metric}")]
 
 
 def machine() -> str:
