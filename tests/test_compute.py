@@ -28,7 +28,7 @@ METHODS = {
     "maml": ONE_STEP, "maml-vmap": ["algo=maml", "algo.task_batching=vmap"], "fomaml": ONE_STEP, "anil": ONE_STEP,
     "metasgd": ONE_STEP, "mamlpp": ONE_STEP, "reptile": ONE_STEP, "metalstm": ["algo.inner_steps=3"],
     "protonet": [], "matchingnet": [], "relationnet": ["backbone=relationnet_embedding"], "siamese": [], "baseline": [],
-    "baselinepp": [], "snail": [],
+    "baselinepp": [], "snail": [], "imp": [],
 }
 INNER_LOOP = {"maml", "maml-vmap", "fomaml", "anil", "metasgd", "mamlpp", "reptile", "metalstm"}
 
@@ -94,7 +94,7 @@ def test_sinusoid_regression_under_bf16_keeps_its_meta_gradient():
 
 @pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=needs_bf16)])
 @pytest.mark.parametrize("algo", ["maml", "fomaml", "anil", "metasgd", "mamlpp", "reptile", "protonet", "matchingnet",
-                                  "relationnet", "siamese", "baseline", "baselinepp", "metalstm", "snail"])
+                                  "relationnet", "siamese", "baseline", "baselinepp", "metalstm", "snail", "imp"])
 def test_every_method_trains_and_tests_in_each_precision(tmp_path, algo, precision):
     extra = {"reptile": ["algo.eval_inner_steps=5"], "relationnet": ["backbone=relationnet_embedding"],
              "metalstm": ["algo.inner_steps=2", "algo.eval_inner_steps=2"]}.get(algo, [])

@@ -55,7 +55,7 @@ def test_tensorboard_has_train_val_test_scalars_and_one_hparams_entry(smoke_cfg,
 
 
 @pytest.mark.parametrize("algo", ["maml", "fomaml", "anil", "protonet", "metasgd", "mamlpp", "reptile", "matchingnet",
-                                  "relationnet", "siamese", "baseline", "baselinepp"])
+                                  "relationnet", "siamese", "baseline", "baselinepp", "imp"])
 def test_every_algorithm_runs_end_to_end(smoke_cfg, tmp_path, algo):
     cfg, choices = smoke_cfg(f"algo={algo}", *(["algo.eval_inner_steps=5"] if algo == "reptile" else []))
     assert 0 <= train(cfg, tmp_path, choices)["test"]["acc"] <= 1

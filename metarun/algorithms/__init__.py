@@ -3,6 +3,7 @@
 from metarun.algorithms.anil import ANIL
 from metarun.algorithms.base import Algorithm, StepOutput
 from metarun.algorithms.baseline import Baseline
+from metarun.algorithms.imp import IMP
 from metarun.algorithms.maml import MAML
 from metarun.algorithms.matchingnet import MatchingNet
 from metarun.algorithms.metalstm import MetaLSTM
@@ -15,6 +16,6 @@ from metarun.algorithms.siamese import Siamese
 from metarun.algorithms.snail import SNAIL
 
 __all__ = [
-    "ANIL", "Algorithm", "Baseline", "MAML", "MatchingNet", "MetaLSTM", "MetaSGD", "Pretrain", "ProtoNet", "RelationNet", "Reptile",
+    "ANIL", "Algorithm", "Baseline", "IMP", "MAML", "MatchingNet", "MetaLSTM", "MetaSGD", "Pretrain", "ProtoNet", "RelationNet", "Reptile",
     "SNAIL", "Siamese", "StepOutput",
 ]
