@@ -53,10 +53,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> Tr
     seed_everything(cfg.seed)
     if cfg.get("deterministic"):
         use_deterministic_kernels()
-    splits: DataSplits = make(cfg, "data")
-    if cfg.get("train_on_val"):
-        splits = splits.with_val_in_train()
-    check_splits(splits, train_spec, eval_spec, choices.get("data", "the data set"))
+    splits = load_splits(cfg, train_spec, eval_spec, choices)
     splits = splits.to(device)
     algorithm = build_algorithm(cfg, splits.train.input_shape, splits.task, device, choices)
     if settings.test_ensemble > 1 and splits.task.name != "classification":
@@ -91,6 +88,16 @@ def build_trainer(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> Tr
         distributed=distributed,
         compute=compute,
     )
+
+
+def load_splits(cfg: DictConfig, train_spec: EpisodeSpec, eval_spec: EpisodeSpec, choices: dict[str, str]) -> DataSplits:
+    """The data set's splits, the validation classes joined to training's under train_on_val=true,
+    checked against the episodes they must supply."""
+    splits: DataSplits = make(cfg, "data")
+    if cfg.get("train_on_val"):
+        splits = splits.with_val_in_train()
+    check_splits(splits, train_spec, eval_spec, choices.get("data", "the data set"))
+    return splits
 
 
 def resolve_compute(settings: LoopSettings, device: torch.device, input_shape: tuple[int, ...], inner_loop: bool) -> Compute:

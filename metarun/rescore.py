@@ -8,7 +8,8 @@ ways); this follows them without training twice. The run's own command is compos
 the overrides given here, so they read as they would on `metarun`'s command line. Only what the
 test episodes are (episode, data, eval_seed, trainer.test_episodes), how they are computed
 (device, precision, batch sizes) and evaluation-time settings of the method (algo.eval_*) may
-change: the model is the run's best.pt (last.pt with trainer.test_weights=last). The scores go to <run>/eval_<setting>.json.
+change: the model is the run's best.pt (last.pt with trainer.test_weights=last; one model, even
+for a run trained with trainer.test_ensemble). The scores go to <run>/eval_<setting>.json.
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ def parse_arguments(args: list[str]) -> tuple[Path, list[str]]:
 def rescore(run: Path, overrides: list[str]) -> tuple[dict, Path]:
     """Score the run's best weights on the test episodes its config plus `overrides` describe;
     returns the results and the eval_<setting>.json they were written to."""
-    from metarun.build import (build_algorithm, check_settings, check_splits, episode_specs, loop_settings, make,
-                               plan_memory, resolve_compute, resolve_device, seed_everything)
+    from metarun.build import (build_algorithm, check_settings, episode_specs, load_splits, loop_settings, plan_memory,
+                               resolve_compute, resolve_device, seed_everything)
     from metarun.distributed import SingleProcess
     from metarun.episodes import FixedEpisodes
     from metarun.evaluation import evaluate
@@ -77,8 +78,7 @@ def rescore(run: Path, overrides: list[str]) -> tuple[dict, Path]:
     train_spec, eval_spec = episode_specs(cfg.episode)
     settings = loop_settings(cfg.trainer)
     seed_everything(cfg.seed)
-    splits = make(cfg, "data")
-    check_splits(splits, train_spec, eval_spec, choices.get("data", "the data set"))
+    splits = load_splits(cfg, train_spec, eval_spec, choices)  # a train_on_val run's heads count those classes too
     trained_shape = (metadata.get("input") or {}).get("shape")
     if trained_shape is not None and list(splits.test.input_shape) != list(trained_shape):
         raise MetarunError(f"data={choices.get('data')} gives inputs of shape {list(splits.test.input_shape)}; "
