@@ -67,3 +67,14 @@ def test_the_command_answers_bad_input_in_one_line(trained_run, tmp_path, capsys
     shutil.copytree(trained_run, copied, ignore=shutil.ignore_patterns(".hydra"))
     with pytest.raises(MetarunError, match="overrides.yaml is missing"):
         rescore(copied, [])
+
+
+def test_a_final_model_trained_on_the_validation_classes_too_is_scored_with_its_own_heads(tmp_path):
+    run = tmp_path / "final"
+    metarun = Path(sys.executable).with_name("metarun")
+    done = subprocess.run([str(metarun), "debug=smoke", "logger=none", "algo=baseline", "train_on_val=true",
+                           "trainer.test_weights=last", "trainer.test_episodes=6", f"hydra.run.dir={run}"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result, _ = rescore(run, [])  # Baseline's pre-training head has train + val classes
+    assert result["test"] == json.loads((run / "results.json").read_text())["test"] and result["weights"] == "last.pt"
