@@ -74,10 +74,14 @@ class Baseline(Algorithm):
         """A new head per episode, fitted to support features [T, S, F]; the episodes' losses are
         summed, so each head gets exactly its own episode's gradient."""
         tasks, size, features = support.shape
-        heads = EpisodeHeads(self.head, features, ways, self.scale, episodes=tasks).to(support.device, support.dtype)
+        # Its own generator: an episode's score must not depend on what drew from the global one before
+        # (training's steps, a memory probe), so metarun-eval repeats a run's test exactly.
+        generator = torch.Generator().manual_seed(0)
+        heads = EpisodeHeads(self.head, features, ways, self.scale, episodes=tasks, generator=generator)
+        heads = heads.to(support.device, support.dtype)
         optimizer = torch.optim.SGD(heads.parameters(), lr=self.finetune_lr, momentum=0.9, dampening=0.9, weight_decay=1e-3)
         for _ in range(self.finetune_epochs):
-            order = torch.rand(tasks, size, device=support.device).argsort(dim=1)  # [T, S]: a fresh pass per epoch
+            order = torch.rand(tasks, size, generator=generator).argsort(dim=1).to(support.device)  # [T, S]: a fresh pass per epoch
             for chosen in order.split(self.finetune_batch_size, dim=1):
                 x = support.gather(1, chosen[..., None].expand(-1, -1, features))
                 loss = F.cross_entropy(heads(x).transpose(1, 2), labels.gather(1, chosen), reduction="none").mean(1).sum()
@@ -93,11 +97,12 @@ class EpisodeHeads(nn.Module):
     linear: W f + b. cosine: scale * cos(f, w_c), the scale learned (Baseline++).
     """
 
-    def __init__(self, kind: Head, features: int, classes: int, scale: float, episodes: int = 1):
+    def __init__(self, kind: Head, features: int, classes: int, scale: float, episodes: int = 1,
+                 generator: torch.Generator | None = None):
         super().__init__()
         self.kind = kind
         bound = 1 / features**0.5
-        self.weight = nn.Parameter(torch.empty(episodes, classes, features).uniform_(-bound, bound))
+        self.weight = nn.Parameter(torch.empty(episodes, classes, features).uniform_(-bound, bound, generator=generator))
         if kind == "linear":
             self.bias = nn.Parameter(torch.zeros(episodes, classes))
         else:
