@@ -167,7 +167,8 @@ def row_cells(run: str, spec: dict, row: dict, record: dict | None) -> tuple[lis
     paper = row.get("paper")
     paper_cell = f"{paper:.2f} ({row['source']})" if paper is not None else f"— ({row['source']})"
     method, data = run.split("_")[0], run.split("_")[1]
-    if record is None:
+    scored = record is not None and (not row.get("eval") or " ".join(row["eval"]) in record["evals"])
+    if not scored:
         return [method, data, row["setting"], paper_cell, "not run yet", "", str(spec["paper_steps"]), "", "", "", row["protocol"]], None
     results = record["results"]
     test = record["evals"][" ".join(row["eval"])]["test"] if row.get("eval") else results["test"]

@@ -55,5 +55,7 @@ def test_a_row_within_one_point_is_marked_and_counted_and_one_below_is_not(repro
     assert "1 of 2 rows with a paper number are within 1 point" in table
     assert "| 19000 (95.0; last 94.9) | 30 |" in table
     assert "0.5 training hours" in table
+    half = reproduce.render(plan, {"protonet_omniglot_20w1s": record(0.9512)})  # trained, its 5-way row not scored yet
+    assert half.count("| 95.12 ± 0.20 (1000 ep.) |") == 1 and "| 98.80 (Snell) | not run yet |" in half
     waiting = reproduce.render(plan, {})
     assert waiting.count("not run yet") == 2 + 1  # two rows, and the run's commands
