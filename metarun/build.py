@@ -50,18 +50,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> Tr
         distributed.check(settings.meta_batch_size)
         device = distributed.device_for(device)
         run_dir = Path(distributed.from_main(str(run_dir)))  # each process's Hydra named its own folder
-    seed_everything(cfg.seed)
-    if cfg.get("deterministic"):
-        use_deterministic_kernels()
-    splits = load_splits(cfg, train_spec, eval_spec, choices)
-    splits = splits.to(device)
-    algorithm = build_algorithm(cfg, splits.train.input_shape, splits.task, device, choices)
+    splits, algorithm, compute = model_and_data(cfg, choices, device, settings, train_spec, eval_spec, distributed)
     if settings.test_ensemble > 1 and splits.task.name != "classification":
         raise MetarunError(f"trainer.test_ensemble={settings.test_ensemble} averages class probabilities; "
                            f"this data set is a {splits.task.name} task")
-    compute = resolve_compute(settings, device, splits.train.input_shape, algorithm.inner_loop)
-    compute.place(algorithm)
-    compute = plan_memory(compute, settings, algorithm, splits, train_spec, eval_spec, cfg.seed, distributed)
     optimizer = make(cfg, "optim")(algorithm.parameters())
     scheduler = make(cfg, "scheduler")(optimizer) if cfg.get("scheduler") else None
     if distributed.is_main:
@@ -88,6 +80,29 @@ def build_trainer(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> Tr
         distributed=distributed,
         compute=compute,
     )
+
+
+def model_and_data(cfg: DictConfig, choices: dict[str, str], device: torch.device, settings: LoopSettings,
+                   train_spec: EpisodeSpec, eval_spec: EpisodeSpec, distributed: SingleProcess,
+                   weights: dict | None = None, trained_shape: list[int] | None = None):
+    """What training and metarun-eval build alike: the seeded splits on `device`, the algorithm for
+    them (with `weights` if given; data whose inputs are not `trained_shape` refused in one line) and
+    its Compute (precision, memory format, tasks per pass)."""
+    seed_everything(cfg.seed)
+    if cfg.get("deterministic"):
+        use_deterministic_kernels()
+    splits = load_splits(cfg, train_spec, eval_spec, choices)
+    if trained_shape is not None and list(splits.test.input_shape) != list(trained_shape):
+        raise MetarunError(f"data={choices.get('data')} gives inputs of shape {list(splits.test.input_shape)}; "
+                           f"the run was trained on {list(trained_shape)}")
+    splits = splits.to(device)
+    algorithm = build_algorithm(cfg, splits.train.input_shape, splits.task, device, choices)
+    if weights is not None:
+        algorithm.load_state_dict(weights)
+    compute = resolve_compute(settings, device, splits.train.input_shape, algorithm.inner_loop)
+    compute.place(algorithm)
+    compute = plan_memory(compute, settings, algorithm, splits, train_spec, eval_spec, cfg.seed, distributed)
+    return splits, algorithm, compute
 
 
 def load_splits(cfg: DictConfig, train_spec: EpisodeSpec, eval_spec: EpisodeSpec, choices: dict[str, str]) -> DataSplits:

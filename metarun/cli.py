@@ -59,6 +59,28 @@ def command_line_problem(args: list[str]) -> str | None:
     return None
 
 
+def compose(overrides: list[str]):
+    """train.yaml composed with `overrides` as `metarun` would, without Hydra's own node; and the
+    chosen option of each config group. A composition Hydra refuses is one MetarunError line."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import open_dict
+    from omegaconf.errors import OmegaConfBaseException
+
+    from metarun.errors import MetarunError
+
+    try:
+        with initialize_config_dir(config_dir(), version_base="1.3", job_name="metarun"):
+            cfg = hydra_compose("train", overrides=overrides, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as error:
+        raise MetarunError(str(error).splitlines()[0]) from None
+    choices = {group: choice for group, choice in cfg.hydra.runtime.choices.items() if isinstance(choice, str)}
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg, choices
+
+
 def writable(folder: Path, create: bool) -> bool:
     """Whether runs can be written under `folder`; `create`: make it (as Hydra would) to find out."""
     if create:

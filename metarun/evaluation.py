@@ -44,17 +44,22 @@ def evaluate_ensemble(algorithm: Algorithm, weights: list[dict], episodes: Fixed
     `algorithm` (MAML++'s ensemble of its best validation checkpoints); the algorithm is left
     with the last weights, in training mode."""
     per_pass = compute.eval_tasks_per_pass or batch_size
-    members = []
+    members, labels = [], []
     for state in weights:
         algorithm.load_state_dict(state)
         algorithm.eval()
         statistics = batch_statistics(algorithm) if batch_norm == "batch" else nullcontext()
+        probabilities = []
         with torch.no_grad(), compute.autocast(), statistics:
-            scores = [algorithm.step(batch, train=False).predictions for batch in episodes.batches(per_pass)]
-        members.append(torch.cat([full(s[max(s)]).softmax(dim=-1) for s in scores]).cpu())  # [E, N*Q, N]
+            for batch in episodes.batches(per_pass):
+                scores = algorithm.step(batch, train=False).predictions
+                probabilities.append(full(scores[max(scores)]).softmax(dim=-1).cpu())  # [B, N*Q, N]
+                if len(members) == 0:
+                    labels.append(batch.query_y.cpu())
+        members.append(torch.cat(probabilities))
     algorithm.train()
     probabilities = torch.stack(members).mean(dim=0)
-    labels = torch.cat([batch.query_y.cpu() for batch in episodes.batches(per_pass)])  # [E, N*Q]
+    labels = torch.cat(labels)  # [E, N*Q]
     loss = -probabilities.clamp_min(1e-12).log().gather(-1, labels[..., None]).squeeze(-1).mean(dim=-1)
     return {"loss": loss, **task.metrics(probabilities, labels)}
 

@@ -33,19 +33,19 @@ def unknown_override(args: list[str], configs: Path) -> str | None:
             keys.append(key)
     if not keys or swept_groups:  # a glob over experiments adds keys we cannot know without each one
         return None
-    return unknown_key(keys, chosen, configs)
+    return unknown_key(keys, chosen)
 
 
-def unknown_key(keys: list[str], chosen: list[str], configs: Path) -> str | None:
+def unknown_key(keys: list[str], chosen: list[str]) -> str | None:
     """The first dotted key that the config composed from the chosen options does not have."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
     from omegaconf import OmegaConf
 
+    from metarun.cli import compose
+    from metarun.errors import MetarunError
+
     try:
-        with initialize_config_dir(str(configs), version_base="1.3", job_name="metarun"):
-            cfg = OmegaConf.to_container(compose("train", overrides=chosen), resolve=False)
-    except HydraException:
+        cfg = OmegaConf.to_container(compose(chosen)[0], resolve=False)
+    except MetarunError:
         return None  # Hydra will say what is wrong with the options themselves
     for key in keys:
         parts = key.split(".")

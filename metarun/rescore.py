@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from metarun import checkpoints
 from metarun.errors import MetarunError
@@ -61,8 +61,7 @@ def parse_arguments(args: list[str]) -> tuple[Path, list[str]]:
 def rescore(run: Path, overrides: list[str]) -> tuple[dict, Path]:
     """Score the run's best weights on the test episodes its config plus `overrides` describe;
     returns the results and the eval_<setting>.json they were written to."""
-    from metarun.build import (build_algorithm, check_settings, episode_specs, load_splits, loop_settings, plan_memory,
-                               resolve_compute, resolve_device, seed_everything)
+    from metarun.build import check_settings, episode_specs, loop_settings, model_and_data, resolve_device
     from metarun.distributed import SingleProcess
     from metarun.episodes import FixedEpisodes
     from metarun.evaluation import evaluate
@@ -77,19 +76,10 @@ def rescore(run: Path, overrides: list[str]) -> tuple[dict, Path]:
     device = resolve_device(cfg.device)
     train_spec, eval_spec = episode_specs(cfg.episode)
     settings = loop_settings(cfg.trainer)
-    seed_everything(cfg.seed)
-    splits = load_splits(cfg, train_spec, eval_spec, choices)  # a train_on_val run's heads count those classes too
-    trained_shape = (metadata.get("input") or {}).get("shape")
-    if trained_shape is not None and list(splits.test.input_shape) != list(trained_shape):
-        raise MetarunError(f"data={choices.get('data')} gives inputs of shape {list(splits.test.input_shape)}; "
-                           f"the run was trained on {list(trained_shape)}")
-    splits = splits.to(device)
     cfg.backbone.weights = None  # the checkpoint holds the trained weights
-    algorithm = build_algorithm(cfg, splits.train.input_shape, splits.task, device, choices)
-    algorithm.load_state_dict(weights)
-    compute = resolve_compute(settings, device, splits.train.input_shape, algorithm.inner_loop)
-    compute.place(algorithm)
-    compute = plan_memory(compute, settings, algorithm, splits, train_spec, eval_spec, cfg.seed, SingleProcess())
+    # A train_on_val run's heads count the validation classes too: the data are loaded as training did.
+    splits, algorithm, compute = model_and_data(cfg, choices, device, settings, train_spec, eval_spec, SingleProcess(),
+                                                weights, (metadata.get("input") or {}).get("shape"))
     episodes = FixedEpisodes(splits.test, eval_spec, settings.test_episodes, cfg.eval_seed, "test")
     metric = splits.task.monitor
     setting = {"data": choices.get("data"), "ways": eval_spec.ways, "shots": eval_spec.shots,
@@ -119,27 +109,14 @@ def setting_name(setting: dict) -> str:
 def compose(run: Path, overrides: list[str]) -> tuple[DictConfig, dict[str, str]]:
     """The run's own command line (its .hydra/overrides.yaml) with `overrides` replacing or adding keys,
     composed as `metarun` would; and the chosen option of each config group."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from metarun.cli import config_dir
+    from metarun.cli import compose as compose_config
 
     saved = run / ".hydra" / "overrides.yaml"
     if not saved.is_file():
         raise MetarunError(f"{saved} is missing: metarun-eval recomposes the run's command from it (runs started with `metarun` have one)")
     merged = {override_key(o): o for o in OmegaConf.to_container(OmegaConf.load(saved)) if not o.startswith("hydra.")}
     merged.update({override_key(o): o for o in overrides})
-    try:
-        with initialize_config_dir(config_dir(), version_base="1.3", job_name="metarun-eval"):
-            cfg = hydra_compose("train", overrides=list(merged.values()), return_hydra_config=True)
-    except (HydraException, OmegaConfBaseException) as error:
-        raise MetarunError(str(error).splitlines()[0]) from None
-    choices = {group: choice for group, choice in cfg.hydra.runtime.choices.items() if isinstance(choice, str)}
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg, choices
+    return compose_config(list(merged.values()))
 
 
 def override_key(override: str) -> str:

@@ -78,6 +78,13 @@ def random_batch(tasks: int = 3, ways: int = 3, shots: int = 2, queries: int = 2
     )
 
 
+def float_batch(**kwargs) -> EpisodeBatch:
+    """random_batch in float32, as the metric methods' float32 paths expect."""
+    batch = random_batch(**kwargs)
+    batch.support_x, batch.query_x = batch.support_x.float(), batch.query_x.float()
+    return batch
+
+
 def meta_gradient(algorithm: nn.Module, batch: EpisodeBatch) -> torch.Tensor:
     algorithm.zero_grad()
     algorithm.step(batch, train=True).objective.backward()

@@ -10,13 +10,7 @@ import torch
 
 from metarun.algorithms import IMP, ProtoNet
 from metarun.algorithms.protonet import squared_distances
-from tests.helpers import random_batch, tiny_conv
-
-
-def float_batch(**kwargs):
-    batch = random_batch(**kwargs)
-    batch.support_x, batch.query_x = batch.support_x.float(), batch.query_x.float()
-    return batch
+from tests.helpers import float_batch, tiny_conv
 
 
 def test_with_an_infinite_threshold_imp_is_protonet():

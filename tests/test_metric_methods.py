@@ -12,13 +12,7 @@ from metarun.algorithms.siamese import pair_labels
 from metarun.errors import MetarunError
 from metarun.models import Conv4
 from metarun.tasks import Classification
-from tests.helpers import random_batch, tiny_conv
-
-
-def float_batch(**kwargs):
-    batch = random_batch(**kwargs)
-    batch.support_x, batch.query_x = batch.support_x.float(), batch.query_x.float()
-    return batch
+from tests.helpers import float_batch, tiny_conv
 
 
 def test_one_shot_matching_predicts_the_support_image_of_highest_cosine_similarity():

@@ -58,7 +58,8 @@ class IMP(Algorithm):
         """support [S, D], labels [S], query [M, D] -> each query's best-cluster log-likelihood per class [M, N]."""
         means, owners = self.clusters(support, labels, ways)
         log_likelihoods = self.log_likelihoods(query, means)  # [M, C]
-        return torch.stack([log_likelihoods[:, owners == c].amax(dim=1) for c in range(ways)], dim=1)
+        others = owners[None] != torch.arange(ways, device=owners.device)[:, None]  # [N, C]: clusters of other classes
+        return log_likelihoods[:, None, :].masked_fill(others, float("-inf")).amax(dim=-1)
 
     def log_likelihoods(self, x: Tensor, means: Tensor) -> Tensor:
         """log N(x; mean, sigma I) for x [M, D] and each mean [C, D] -> [M, C]."""
@@ -74,7 +75,11 @@ class IMP(Algorithm):
         limit = self.threshold if self.threshold is not None else self.limit(means.detach())
         for _ in range(self.cluster_steps):
             centres = means.detach()
-            for example, label in zip(support.detach(), labels):
+            # Clusters only ever come closer, so only an example beyond the limit now may start one.
+            distances = squared_distances(support.detach()[None], centres[None])[0]  # [S, C]
+            distances = distances.masked_fill(labels[:, None] != owners[None], float("inf"))
+            for index in (distances.amin(dim=1) > limit).nonzero().flatten().tolist():
+                example, label = support[index].detach(), labels[index]
                 own = owners == label
                 if squared_distances(example[None, None], centres[own][None]).min() > limit:
                     centres = torch.cat([centres, example[None]])
