@@ -10,7 +10,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from common import measure, worker_arguments  # noqa: E402
 
-from metarun.algorithms import MAML, SNAIL, MetaLSTM, MetaSGD, ProtoNet, Reptile  # noqa: E402
+from metarun.algorithms import MAML, SNAIL, MetaLSTM, ProtoNet, Reptile  # noqa: E402
 from metarun.compute import Compute, resolve_channels_last, resolve_precision  # noqa: E402
 from metarun.data.omniglot import load_omniglot  # noqa: E402
 from metarun.data.split import ImageSplit  # noqa: E402
@@ -37,7 +37,7 @@ def main() -> None:
     if args.method == "maml":
         algorithm = MAML(backbone, args.ways, inner_lr=0.4, **inner)
     elif args.method == "metasgd":
-        algorithm = MetaSGD(backbone, args.ways, inner_lr=0.4, **inner)
+        algorithm = MAML(backbone, args.ways, inner_lr=0.4, learn_inner_lr="per_weight", **inner)
     elif args.method == "mamlpp":  # every MAML++ option on
         algorithm = MAML(backbone, args.ways, inner_lr=0.1, multi_step_loss_steps=10**9, learn_inner_lr=True, per_step_bn=True, **inner)
     elif args.method == "reptile":  # the paper's Omniglot inner loop: Adam on minibatches of 10 from all 5 x 10 images

@@ -26,7 +26,8 @@ from metarun.memory import plan_passes
 from metarun.models.pretrained import Frozen, load_weights
 from metarun.pictures import RunPictures
 from metarun.tasks import Task
-from metarun.trainer import LoopSettings, Trainer
+from metarun.loop_settings import LoopSettings
+from metarun.trainer import Trainer
 
 
 def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> dict:

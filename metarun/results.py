@@ -55,6 +55,16 @@ def run_results(metric: str, test: dict, tested: dict, progress, meta_batch_size
     }
 
 
+def final_scalars(results: dict) -> dict[str, float]:
+    """A finished run's numbers as scalars at its last step, so TensorBoard's HParams table shows
+    each of them for every run (a value that is None, as a best of no validation, is left out)."""
+    metric, test = results["metric"], results["test"]
+    final = {f"test/{metric}": test[metric], f"test/{metric}_ci95": test[f"{metric}_ci95"], "test/loss": test["loss"],
+             f"val/best_{metric}": results["val"][f"best_{metric}"], "train/minutes": results["train"]["seconds"] / 60,
+             "train/tasks_per_s": results["train"]["tasks_per_s"]}
+    return {name: value for name, value in final.items() if value is not None}
+
+
 def write_json(path: Path, payload: dict) -> None:
     """Write atomically, so a reader never sees half a file; a NaN or infinity becomes null (valid
     JSON for every reader) and its key is listed under "not_finite"."""

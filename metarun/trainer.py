@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Literal
 
 import torch
 from tqdm import tqdm
@@ -17,69 +16,23 @@ from metarun.algorithms.base import Algorithm
 from metarun.compute import Compute
 from metarun.distributed import SingleProcess
 from metarun.episodes import EpisodeSampler, FixedEpisodes
-from metarun.errors import MetarunError
 from metarun.evaluation import evaluate, evaluate_ensemble
 from metarun.interrupts import RunInterrupted, StopRequests
+from metarun.kept_weights import KeptWeights
 from metarun.loggers import NullLogger
+from metarun.loop_settings import LoopSettings, Progress
 from metarun.memory import PassPlan, resumed_plan
+from metarun.nonfinite import NonFinitePolicy
 from metarun.pictures import RunPictures
-from metarun.results import run_results, summarize, write_json
+from metarun.results import final_scalars, run_results, summarize, write_json
 
 log = logging.getLogger("metarun")
 
 
-@dataclass(frozen=True)
-class LoopSettings:
-    """The trainer group of the config: how long to train, how often to validate, what to keep."""
-
-    steps: int
-    meta_batch_size: int
-    eval_every: int
-    val_episodes: int = 100
-    test_episodes: int = 600
-    eval_batch_size: int = 25
-    grad_clip: float | None = None
-    log_every: int = 10
-    progress: bool = True
-    resume: bool | Literal["auto"] = False  # "auto": resume when the run folder has a last.pt (a requeued job)
-    overfit_batches: int = 0
-    on_nonfinite: Literal["stop", "skip"] = "stop"
-    test_weights: Literal["best", "last"] = "best"  # the weights the final test scores
-    eval_batch_norm: Literal["running", "batch"] = "running"  # batch norm statistics at validation and test
-    test_ensemble: int = 1  # > 1: test the mean prediction of this many best validation checkpoints (MAML++: 5)
-    distributed: bool = False  # trainer=ddp: the meta-batch's tasks shared between torchrun's processes
-    # Resolved with the device by build.py into a Compute (metarun/compute.py, metarun/memory.py):
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    channels_last: bool | str = "auto"  # auto | true | false
-    max_images_per_pass: int | str | None = "auto"  # auto | a number of images | null (never split a meta-batch)
-
-    def __post_init__(self):
-        if self.resume not in (True, False, "auto"):
-            raise MetarunError(f"trainer.resume={self.resume!r} is not known; use true, false or auto")
-        if self.on_nonfinite not in ("stop", "skip"):
-            raise MetarunError(f"trainer.on_nonfinite={self.on_nonfinite!r} is not known; use stop or skip")
-        if self.eval_batch_norm not in ("running", "batch"):
-            raise MetarunError(f"trainer.eval_batch_norm={self.eval_batch_norm!r} is not known; use running or batch")
-        if not isinstance(self.test_ensemble, int) or self.test_ensemble < 1:
-            raise MetarunError(f"trainer.test_ensemble={self.test_ensemble!r} is invalid: it must be a positive integer")
-        if self.test_weights not in ("best", "last"):
-            raise MetarunError(f"trainer.test_weights={self.test_weights!r} is not known; use best or last")
-
-
-@dataclass
-class Progress:
-    """What a checkpoint restores besides the weights: where the run is and what it has seen."""
-
-    step: int = 0
-    best_val: float | None = None  # the best validation value of the monitored metric
-    best_step: int = 0
-    train_seconds: float = 0.0
-    skipped_steps: int = 0
-    skipped_validations: int = 0  # not finite, under trainer.on_nonfinite=skip
-    top: list = field(default_factory=list)  # [[value, step], ...]: the checkpoints top_<step>.pt kept for test_ensemble
-
-
 class Trainer:
+    """The loop; its collaborators keep the checkpoints (kept_weights.KeptWeights), handle NaNs
+    (nonfinite.NonFinitePolicy), draw (pictures.RunPictures) and write results (results.py)."""
+
     def __init__(
         self,
         algorithm: Algorithm,
@@ -118,8 +71,11 @@ class Trainer:
         self.compute = compute or Compute(self.device)
         self.pictures = pictures or RunPictures(self.logger, self.run_dir, self.compute)
         self.scaler = self.compute.grad_scaler()
-        self.state = checkpoints.TrainingState(algorithm, optimizer, scheduler, self.scaler, sampler)
         self.progress = Progress()
+        state = checkpoints.TrainingState(algorithm, optimizer, scheduler, self.scaler, sampler)
+        self.kept = KeptWeights(self.run_dir, state, self.progress, settings, self.higher_is_better, self.metadata,
+                                self.distributed.is_main)
+        self.nonfinite = NonFinitePolicy(settings.on_nonfinite, self.progress, self.logger, self.run_dir, self.monitor)
         self._postfix: dict[str, str] = {}  # the progress bar's live loss, accuracy and validation accuracy
 
     @property
@@ -131,7 +87,7 @@ class Trainer:
         started = time.perf_counter()
         last = self.run_dir / "last.pt"
         if self.settings.resume is True or (self.settings.resume == "auto" and last.exists()):
-            self._restore(last)
+            self._resume_passes(self.kept.restore(last, self.settings.steps))
         self.logger.start(self.progress.step)
         if self.progress.step == 0:
             self.pictures.training_episode()
@@ -172,7 +128,7 @@ class Trainer:
                     self._validate(step)
                     bar.set_postfix(self._postfix)
                 else:
-                    self._save_last()
+                    self.kept.save_last()
                 segment_start = time.perf_counter()
             if stopping:
                 bar.close()
@@ -206,76 +162,22 @@ class Trainer:
         if torch.isfinite(loss) and (torch.isfinite(grad_norm) or self.scaler.is_enabled()):
             self.scaler.step(self.optimizer)
         else:
-            self._non_finite(step, {"loss": float(loss), "meta-gradient norm": float(grad_norm)})
+            self.nonfinite.training_step(step, {"loss": float(loss), "meta-gradient norm": float(grad_norm)})
         self.scaler.update()
         self.algorithm.end_meta_step()
         if self.scheduler is not None:
             self.scheduler.step()
         return metrics
 
-    def _non_finite(self, step: int, quantities: dict[str, float]) -> None:
-        """Skip the update and count it, or stop the run keeping the last good checkpoint."""
-        bad = ", ".join(f"{name} = {value}" for name, value in quantities.items() if not math.isfinite(value))
-        if self.settings.on_nonfinite == "skip":
-            self.progress.skipped_steps += 1
-            self.logger.log_scalars({"train/skipped_steps": self.progress.skipped_steps}, step)
-            return
-        raise MetarunError(
-            f"non-finite {bad} at step {step}; the last good checkpoint is {self.run_dir / 'last.pt'} "
-            f"(step {self.progress.step}); lower the learning rate, or set trainer.on_nonfinite=skip")
-
     def _validate(self, step: int) -> None:
         summary = summarize(self.evaluate(self.val_episodes))
         value = summary[self.monitor]
         if not math.isfinite(value):
-            self._non_finite_validation(step, value)
+            self.nonfinite.validation(step, value)
         self.logger.log_scalars({f"val/{self.monitor}": value, "val/loss": summary["loss"]}, step)
         self._postfix[f"val_{self.monitor}"] = f"{value:.3f}"
         self.pictures.predictions(self.algorithm, step)
-        if self._improves(value):
-            self.progress.best_val, self.progress.best_step = value, step
-            self._save({"algorithm": self.algorithm.state_dict(), "step": step}, "best.pt")
-        dropped = self._keep_top(value, step) if self.settings.test_ensemble > 1 and math.isfinite(value) else []
-        self._save_last()
-        for old_step in dropped:  # after last.pt no longer lists them
-            if self.distributed.is_main:
-                (self.run_dir / f"top_{old_step}.pt").unlink(missing_ok=True)
-
-    def _keep_top(self, value: float, step: int) -> list[int]:
-        """Keep this validation's weights as top_<step>.pt if it is among the test_ensemble best;
-        returns the steps whose checkpoints fell out."""
-        ranked = sorted([*self.progress.top, [value, step]], key=lambda entry: -entry[0] if self.higher_is_better else entry[0])
-        kept, dropped = ranked[: self.settings.test_ensemble], ranked[self.settings.test_ensemble :]
-        if [value, step] in kept:
-            self._save({"algorithm": self.algorithm.state_dict(), "step": step}, f"top_{step}.pt")
-        self.progress.top = kept
-        return [old_step for _, old_step in dropped if old_step != step]
-
-    def _non_finite_validation(self, step: int, value: float) -> None:
-        """Stop keeping the last good checkpoint, as a non-finite training loss does, or count it and go on."""
-        if self.settings.on_nonfinite == "skip":
-            self.progress.skipped_validations += 1
-            self.logger.log_scalars({"val/skipped": self.progress.skipped_validations}, step)
-            return
-        raise MetarunError(
-            f"non-finite validation {self.monitor} = {value} at step {step}: the weights diverge on the validation "
-            f"episodes; {self.run_dir / 'last.pt'} keeps the weights of the validation before it; "
-            "lower the learning rates (optim.lr, algo.inner_lr), or set trainer.on_nonfinite=skip")
-
-    def _save_last(self) -> None:
-        """last.pt: everything a resumed run continues from (checkpoints.TrainingState), with the progress."""
-        self._save(self.state.state_dict(vars(self.progress).copy(), self.metadata), "last.pt")
-
-    def _save(self, state: dict, name: str) -> None:
-        if self.distributed.is_main:
-            checkpoints.save_atomic(state, self.run_dir / name)
-
-    def _improves(self, value: float) -> bool:
-        """A NaN or infinite score never counts as the best, whatever the direction."""
-        best = self.progress.best_val
-        if not math.isfinite(value):
-            return False
-        return best is None or (value > best if self.higher_is_better else value < best)
+        self.kept.validated(value, step)
 
     def evaluate(self, episodes: FixedEpisodes) -> dict[str, torch.Tensor]:
         """Per-episode metrics [E] on fixed episodes (metarun.evaluation.evaluate)."""
@@ -287,54 +189,28 @@ class Trainer:
         if not (self.run_dir / "best.pt").exists():  # resumed to a step count it had already reached
             self._validate(self.progress.step)
             self.distributed.barrier()
-        if self.settings.test_ensemble > 1 and self.progress.top:
-            steps = [step for _, step in self.progress.top]
-            tested = {"weights": f"mean of the {len(steps)} best validations", "steps": steps}
-            log.info("testing the mean prediction of the weights of steps %s on %d fixed test episodes", steps, len(self.test_episodes))
-            weights = [checkpoints.load(self.run_dir / f"top_{step}.pt")["algorithm"] for step in steps]
-            test = summarize(evaluate_ensemble(self.algorithm, weights, self.test_episodes, self.compute,
-                                               self.settings.eval_batch_size, self.algorithm.task, self.settings.eval_batch_norm))
+        tested, weights = self.kept.for_test()
+        ensemble = "steps" in tested
+        what = f"the mean prediction of the weights of steps {tested['steps']}" if ensemble else f"the {tested['weights']} weights, of step {tested['step']}"
+        log.info("testing %s on %d fixed test episodes", what, len(self.test_episodes))
+        if ensemble:
+            per_episode = evaluate_ensemble(self.algorithm, weights, self.test_episodes, self.compute, self.settings.eval_batch_size,
+                                            self.algorithm.task, self.settings.eval_batch_norm)
         else:
-            tested = self._load_tested_weights()
-            log.info("testing the %s weights, of step %d, on %d fixed test episodes", tested["weights"], tested["step"],
-                     len(self.test_episodes))
-            test = summarize(self.evaluate(self.test_episodes))
+            if weights:
+                self.algorithm.load_state_dict(weights[0])
+            per_episode = self.evaluate(self.test_episodes)
+        test = summarize(per_episode)
         if not math.isfinite(test[self.monitor]):
             log.warning("test %s is %s over %d episodes: the weights diverge on some test episodes (lower optim.lr or "
                         "algo.inner_lr); results.json records null", self.monitor, test[self.monitor], test["episodes"])
         self.pictures.final_figures(self.algorithm, self.progress.step)
-        progress, metric = self.progress, self.monitor
-        results = run_results(metric, test, tested, progress, self.settings.meta_batch_size, wall_seconds, self.metadata)
-        # Scalars at the last step, so TensorBoard's HParams table shows each of them for every run.
-        final = {f"test/{metric}": test[metric], f"test/{metric}_ci95": test[f"{metric}_ci95"], "test/loss": test["loss"],
-                 f"val/best_{metric}": progress.best_val, "train/minutes": progress.train_seconds / 60,
-                 "train/tasks_per_s": results["train"]["tasks_per_s"]}
-        self.logger.log_scalars({name: value for name, value in final.items() if value is not None}, progress.step)
+        results = run_results(self.monitor, test, tested, self.progress, self.settings.meta_batch_size, wall_seconds, self.metadata)
+        self.logger.log_scalars(final_scalars(results), self.progress.step)
         self.logger.log_hparams(self.hparams)
         if self.distributed.is_main:
             write_json(self.run_dir / "results.json", results)
         return results
-
-    def _load_tested_weights(self) -> dict:
-        """best.pt, unless trainer.test_weights=last or no validation score was finite: which weights, of which step."""
-        best = self.run_dir / "best.pt"
-        if self.settings.test_weights == "best" and best.exists():
-            self.algorithm.load_state_dict(checkpoints.load(best)["algorithm"])
-            return {"weights": "best", "step": self.progress.best_step}
-        return {"weights": "last", "step": self.progress.step}
-
-    def _restore(self, path: Path) -> None:
-        if not path.exists():
-            raise MetarunError(f"trainer.resume=true but there is no checkpoint at {path}; point hydra.run.dir at the run folder to resume")
-        state = checkpoints.load(path)
-        log.info("resuming %s from step %d of %d", path, state["progress"]["step"], self.settings.steps)
-        differing = checkpoints.config_differences(state["metadata"].get("config", {}), self.metadata.get("config", {}))
-        if differing:
-            raise MetarunError(f"cannot resume {path}: the config differs in {', '.join(differing)}; "
-                               "only the step count, logging and data.root may change")
-        self.state.load_state_dict(state)  # weights, optimiser, schedule, loss scale, sampler, random generators
-        self._resume_passes(state["metadata"])
-        self.progress = Progress(**state["progress"])
 
     def _resume_passes(self, saved: dict) -> None:
         """Train in the interrupted run's passes where they still fit (memory.resumed_plan)."""

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from metarun.algorithms import ANIL, MAML, ProtoNet
+from metarun.algorithms import MAML, ProtoNet
 from metarun.algorithms.base import class_means, gradient_surrogate
 from tests.helpers import meta_gradient, random_batch, tiny_conv
 
@@ -85,7 +85,7 @@ def test_maml_keeps_no_batch_norm_running_statistics():
 
 
 def test_anil_adapts_only_the_head_and_trains_the_body_in_the_outer_loop():
-    algorithm = ANIL(tiny_conv(), ways=3, inner_lr=0.3).double()
+    algorithm = MAML(tiny_conv(), ways=3, inner_lr=0.3, adapt="head").double()
     adapted = algorithm.adapt(dict(algorithm.learner.named_parameters()), torch.randn(6, algorithm.net[1].in_features, dtype=torch.float64), torch.arange(3).repeat(2), steps=1)
     assert set(adapted) == {"weight", "bias"}
     grads = meta_gradient(algorithm, random_batch())
@@ -98,7 +98,7 @@ def test_anil_equals_maml_when_the_body_has_no_parameters():
     body.out_features = 64
     batch = random_batch()
     torch.manual_seed(0)
-    anil = ANIL(body, ways=3, inner_lr=0.3, inner_steps=2).double()
+    anil = MAML(body, ways=3, inner_lr=0.3, inner_steps=2, adapt="head").double()
     torch.manual_seed(0)
     full = MAML(body, ways=3, inner_lr=0.3, inner_steps=2).double()
     torch.testing.assert_close(meta_gradient(anil, batch), meta_gradient(full, batch))

@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from metarun.algorithms import MAML, MetaSGD, Reptile
+from metarun.algorithms import MAML, Reptile
 from metarun.algorithms.maml import multi_step_weights
+from metarun.errors import MetarunError
 from tests.helpers import meta_gradient, random_batch, tiny_conv
 
 
@@ -77,9 +78,9 @@ def test_reptile_vmap_equals_the_loop_and_adam_moves_toward_lower_loss():
 
 
 def test_metasgd_rates_have_the_weights_shapes_receive_gradients_and_change_after_a_step():
-    algorithm = MetaSGD(tiny_conv(), ways=3, inner_lr=0.3, inner_steps=1).double()
+    algorithm = MAML(tiny_conv(), ways=3, inner_lr=0.3, inner_steps=1, learn_inner_lr="per_weight").double()
     weights = dict(algorithm.net.named_parameters())
-    assert {n: r.shape[1:] for n, r in algorithm.inner_lrs.items()} == {n.replace(".", "__"): p.shape for n, p in weights.items()}
+    assert {n: r.shape for n, r in algorithm.inner_lrs.items()} == {n.replace(".", "__"): p.shape for n, p in weights.items()}
     before = {n: r.detach().clone() for n, r in algorithm.inner_lrs.items()}
     optimizer = torch.optim.SGD(algorithm.parameters(), lr=0.1)
     grads = grads_of(algorithm, random_batch())
@@ -92,15 +93,37 @@ def test_metasgd_rates_have_the_weights_shapes_receive_gradients_and_change_afte
 
 def test_metasgd_with_every_rate_at_inner_lr_has_maml_s_meta_gradient_for_the_weights():
     batch = random_batch()
-    metasgd = grads_of(MetaSGD(tiny_conv(), ways=3, inner_lr=0.3, inner_steps=2).double(), batch)
+    metasgd = grads_of(MAML(tiny_conv(), ways=3, inner_lr=0.3, inner_steps=2, learn_inner_lr="per_weight").double(), batch)
     maml = grads_of(MAML(tiny_conv(), ways=3, inner_lr=0.3, inner_steps=2).double(), batch)
     for name, grad in maml.items():
         torch.testing.assert_close(metasgd[name], grad)
 
 
+def test_metasgd_with_unequal_rates_steps_each_weight_by_its_own_rate():
+    algorithm = MAML(tiny_conv(), ways=3, inner_steps=1, learn_inner_lr="per_weight", inner_lr_range=(0.01, 0.5)).double()
+    batch = random_batch()
+    x, y = batch.support_x[0], batch.support_y[0]
+    theta = {n: p.detach().clone().requires_grad_() for n, p in algorithm.learner.named_parameters()}
+    # Reference: theta - alpha * grad, elementwise, with plain autograd.
+    grads = torch.autograd.grad(F.cross_entropy(functional_call(algorithm.learner, theta, (x,)), y), list(theta.values()))
+    rates = {n: algorithm.inner_lrs[n.replace(".", "__")].detach() for n in theta}
+    assert len({float(r.flatten()[0]) for r in rates.values()}) > 1  # the rates really differ
+    with torch.no_grad():
+        adapted = algorithm.adapt(theta, x, y, steps=1)
+    for (name, weight), g in zip(theta.items(), grads):
+        torch.testing.assert_close(adapted[name], weight - rates[name] * g)
+
+
+def test_an_unknown_rate_kind_or_a_range_without_learned_rates_is_one_line():
+    with pytest.raises(MetarunError, match="learn_inner_lr='per_layer' is not known"):
+        MAML(tiny_conv(), ways=3, learn_inner_lr="per_layer")
+    with pytest.raises(MetarunError, match="inner_lr_range draws learned rates"):
+        MAML(tiny_conv(), ways=3, inner_lr_range=(0.1, 0.2))
+
+
 def test_metasgd_draws_its_initial_rates_from_the_range():
     torch.manual_seed(0)
-    rates = torch.cat([r.flatten() for r in MetaSGD(tiny_conv(), ways=3, inner_lr_range=(0.005, 0.1)).inner_lrs.values()])
+    rates = torch.cat([r.flatten() for r in MAML(tiny_conv(), ways=3, learn_inner_lr="per_weight", inner_lr_range=(0.005, 0.1)).inner_lrs.values()])
     assert 0.005 <= rates.min() < rates.max() <= 0.1
 
 

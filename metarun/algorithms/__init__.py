@@ -1,13 +1,12 @@
-"""Meta-learning algorithms: one file per method on the shared interface of base.py."""
+"""Meta-learning algorithms: one file per method on the shared interface of base.py (ANIL and Meta-SGD
+are options of MAML: algo.adapt=head, algo.learn_inner_lr=per_weight)."""
 
-from metarun.algorithms.anil import ANIL
 from metarun.algorithms.base import Algorithm, StepOutput
 from metarun.algorithms.baseline import Baseline
 from metarun.algorithms.imp import IMP
 from metarun.algorithms.maml import MAML
 from metarun.algorithms.matchingnet import MatchingNet
 from metarun.algorithms.metalstm import MetaLSTM
-from metarun.algorithms.metasgd import MetaSGD
 from metarun.algorithms.pretrain import Pretrain
 from metarun.algorithms.protonet import ProtoNet
 from metarun.algorithms.relationnet import RelationNet
@@ -16,6 +15,6 @@ from metarun.algorithms.siamese import Siamese
 from metarun.algorithms.snail import SNAIL
 
 __all__ = [
-    "ANIL", "Algorithm", "Baseline", "IMP", "MAML", "MatchingNet", "MetaLSTM", "MetaSGD", "Pretrain", "ProtoNet", "RelationNet", "Reptile",
+    "Algorithm", "Baseline", "IMP", "MAML", "MatchingNet", "MetaLSTM", "Pretrain", "ProtoNet", "RelationNet", "Reptile",
     "SNAIL", "Siamese", "StepOutput",
 ]

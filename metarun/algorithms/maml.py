@@ -1,4 +1,5 @@
-"""MAML (Finn et al. 2017), first-order MAML, and the MAML++ options (Antoniou et al. 2019).
+"""MAML (Finn et al. 2017), first-order MAML, ANIL (Raghu et al. 2020), Meta-SGD (Li et al. 2017)
+and the MAML++ options (Antoniou et al. 2019): one inner loop, varied by what it adapts and how.
 
 The inner loop is SGD on a dict of the learner's parameters through torch.func.grad, so one
 task function runs per task or under torch.func.vmap; second order unless first order.
@@ -14,6 +15,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad
 
 from metarun.algorithms.base import Algorithm, StepOutput
+from metarun.algorithms.inner_rates import learned_rates
 from metarun.algorithms.per_task import TaskBatching, TaskOutput, check_batching, param_key, run_per_task
 from metarun.compute import full
 from metarun.episodes import EpisodeBatch
@@ -37,10 +39,16 @@ class MAML(Algorithm):
     eval_curve: at evaluation also score the queries after each of the first ten inner steps
     (metrics "acc@k", a forward pass of the queries per step), not only after the last.
 
+    adapt: "all" adapts every weight; "head" only the linear head on the body's fixed features
+    (ANIL, Almost No Inner Loop: the outer loop still trains body and head);
+    learn_inner_lr: false keeps inner_lr; "per_weight" learns a rate for every weight, shared by the
+    steps (Meta-SGD); true or "per_step" one per parameter tensor and inner step (MAML++);
+    inner_lr_range: draw the initial learned rates uniformly from [low, high] (Meta-SGD's regression
+    setting: [0.005, 0.1]) instead of starting them all at inner_lr.
+
     MAML++ options, each usable alone (cosine annealing of the outer rate is `scheduler=cosine`):
     multi_step_loss_steps > 0: the objective weighs the query loss after every inner step,
     annealed toward the last step over this many meta-steps (then the last step alone);
-    learn_inner_lr: a learned inner learning rate per parameter tensor and inner step;
     per_step_bn: batch-norm weights and biases per inner step, learned in the outer loop only;
     first_order_steps > 0: first order for this many meta-steps, then second order.
 
@@ -65,7 +73,9 @@ class MAML(Algorithm):
         eval_curve: bool = False,
         multi_step_loss_steps: int = 0,
         multi_step_loss_floor: float = 0.03,
-        learn_inner_lr: bool = False,
+        adapt: Literal["all", "head"] = "all",
+        learn_inner_lr: bool | Literal["per_step", "per_weight"] = False,
+        inner_lr_range: tuple[float, float] | None = None,
         per_step_bn: bool = False,
         first_order_steps: int = 0,
         inner_loss: Literal["mean", "class_sum"] = "mean",
@@ -74,6 +84,9 @@ class MAML(Algorithm):
         check_batching(task_batching)
         if inner_loss not in ("mean", "class_sum"):
             raise MetarunError(f"algo.inner_loss={inner_loss!r} is not known; use mean or class_sum")
+        if adapt not in ("all", "head"):
+            raise MetarunError(f"algo.adapt={adapt!r} is not known; use all (MAML) or head (ANIL)")
+        self.head_only = adapt == "head"
         self.task = task or Classification()
         self.net = nn.Sequential(backbone, nn.Linear(backbone.out_features, self.task.outputs(ways)))
         # Batch statistics per task, in training and evaluation, as the MAML protocol does;
@@ -93,15 +106,16 @@ class MAML(Algorithm):
         self.register_buffer("meta_steps", torch.zeros((), dtype=torch.long))
         self._norm_names: list[str] = []  # the batch-norm weights per_step_bn keeps per step
         self.step_norms = self._per_step_norms() if per_step_bn else None
-        self.inner_lrs = self._learned_inner_lrs() if learn_inner_lr else None
+        self.inner_lrs = learned_rates(learn_inner_lr, self.fast_weights(), inner_steps, inner_lr, inner_lr_range)
 
-    # Hooks that ANIL overrides: which module the inner loop adapts, and what it reads.
     @property
     def learner(self) -> nn.Module:
-        return self.net
+        """The module the inner loop adapts: the whole net, or (adapt=head) only its head."""
+        return self.net[1] if self.head_only else self.net
 
     def features(self, x: Tensor) -> Tensor:
-        return x
+        """What the learner reads: the inputs, or (adapt=head) the body's features of them."""
+        return self.net[0](x) if self.head_only else x
 
     def step(self, batch: EpisodeBatch, train: bool) -> StepOutput:
         steps = self.inner_steps if train else self.eval_inner_steps
@@ -181,10 +195,7 @@ class MAML(Algorithm):
         return {name: p - self.inner_rate(name, k) * grads[name] for name, p in fast.items()}
 
     def inner_rate(self, name: str, k: int) -> Tensor | float:
-        if self.inner_lrs is None:
-            return self.inner_lr
-        rates = self.inner_lrs[param_key(name)]  # [steps, *shape]
-        return rates[min(k, len(rates) - 1)]  # evaluation beyond the trained steps reuses the last
+        return self.inner_lr if self.inner_lrs is None else self.inner_lrs.rate(name, k)
 
     def adapt(self, fast: Params, x: Tensor, y: Tensor, steps: int) -> Params:
         """`steps` inner updates on (x, y), differentiable unless first order."""
@@ -194,13 +205,6 @@ class MAML(Algorithm):
 
     def _support_loss(self, fast: Params, x: Tensor, y: Tensor, k: int = 0) -> Tensor:
         return self.task.loss(self.forward_at(fast, x, k), y) * self.inner_loss_scale
-
-    def _learned_inner_lrs(self) -> nn.ParameterDict:
-        """MAML++: one rate per parameter tensor and training inner step, starting at inner_lr."""
-        return nn.ParameterDict({
-            param_key(name): nn.Parameter(torch.full((self.inner_steps,), float(self.inner_lr)))
-            for name in self.fast_weights()
-        })
 
     def _per_step_norms(self) -> nn.ParameterDict:
         """MAML++: a copy of every batch-norm weight and bias for each inner step 0..inner_steps.
