@@ -172,7 +172,7 @@ def row_cells(run: str, spec: dict, row: dict, record: dict | None) -> tuple[lis
         return [method, data, row["setting"], paper_cell, "not run yet", "", str(spec["paper_steps"]), "", "", "", row["protocol"]], None
     results = record["results"]
     test = record["evals"][" ".join(row["eval"])]["test"] if row.get("eval") else results["test"]
-    ours, ci = 100 * test["acc"], 100 * test["acc_ci95"]
+    ours, ci = row_accuracy(test, row)
     delta = ours - paper if paper is not None else None
     match = None if delta is None else delta >= -WITHIN
     curve = record["val_curve"]
@@ -189,6 +189,15 @@ def row_cells(run: str, spec: dict, row: dict, record: dict | None) -> tuple[lis
         row["protocol"],
     ]
     return cells, match
+
+
+def row_accuracy(test: dict, row: dict) -> tuple[float, float]:
+    """The row's test accuracy and its CI in %: over all queries, or (a sequence protocol row with
+    `instance: k`) at the k-th presentation of a class."""
+    if "instance" in row:
+        k = str(row["instance"])  # JSON keys are strings
+        return 100 * test["acc_by_instance"][k], 100 * test["acc_by_instance_ci95"][k]
+    return 100 * test["acc"], 100 * test["acc_ci95"]
 
 
 if __name__ == "__main__":

@@ -147,6 +147,9 @@ def build_algorithm(cfg: DictConfig, input_shape: tuple[int, ...], task: Task, d
     if cfg.algo.get("task_batching") is not None:
         extra["task_batching"] = resolve_task_batching(cfg.algo.task_batching, device)
     algorithm = make(cfg, "algo", backbone=backbone, **extra).to(device)
+    if cfg.episode.get("protocol") == "sequence" and not algorithm.reads_sequences:
+        raise MetarunError(f"episode.protocol=sequence episodes have no support set, and algo={choices.get('algo')} "
+                           "needs one; use a sequence learner (mann, lstm, snail)")
     if not any(p.requires_grad for p in algorithm.parameters()):
         raise MetarunError(f"backbone.freeze=true leaves algo={choices.get('algo')} nothing to train; "
                            "freeze the backbone only for methods with a head (baseline, maml, anil, ...)")
@@ -185,7 +188,14 @@ def loop_settings(trainer: DictConfig) -> LoopSettings:
 
 
 def episode_specs(episode: DictConfig) -> tuple[EpisodeSpec, EpisodeSpec]:
-    """(training episodes, evaluation episodes): training may use more ways or other query counts."""
+    """(training episodes, evaluation episodes): training may use more ways or other query counts.
+    Under episode.protocol=sequence both are sequences of `instances` images of each of `ways` classes."""
+    protocol = episode.get("protocol", "standard")
+    if protocol not in ("standard", "sequence"):
+        raise MetarunError(f"episode.protocol={protocol!r} is not known; use standard or sequence")
+    if protocol == "sequence":
+        return (EpisodeSpec(episode.train_ways, 0, episode.instances, sequence=True),
+                EpisodeSpec(episode.ways, 0, episode.instances, sequence=True))
     train = EpisodeSpec(episode.train_ways, episode.shots, episode.train_queries)
     return train, EpisodeSpec(episode.ways, episode.shots, episode.queries)
 
@@ -202,6 +212,7 @@ def check_settings(cfg: DictConfig) -> None:
         ("episode.shots", 1, "at least 1"),
         ("episode.queries", 1, "at least 1"),
         ("episode.train_queries", 1, "at least 1"),
+        ("episode.instances", 1, "at least 1"),
         ("trainer.steps", 1, "a positive integer"),
         ("trainer.meta_batch_size", 1, "a positive integer"),
         ("trainer.eval_every", 1, "a positive integer"),
@@ -211,6 +222,8 @@ def check_settings(cfg: DictConfig) -> None:
         ("algo.inner_steps", 1, "at least 1"),
         ("algo.eval_inner_steps", 0, "0 or more"),
     ]
+    if OmegaConf.select(cfg, "episode.protocol") == "sequence":  # no support set: shots and queries are unused
+        rules = [rule for rule in rules if rule[0] not in ("episode.shots", "episode.queries", "episode.train_queries")]
     for key, minimum, allowed in rules:
         value = OmegaConf.select(cfg, key)
         if value is not None and (not isinstance(value, int) or value < minimum):

@@ -20,11 +20,16 @@ from metarun.tasks import Task
 
 @dataclass(frozen=True)
 class EpisodeSpec:
-    """N-way K-shot episodes with Q queries per class."""
+    """N-way K-shot episodes with Q queries per class.
+
+    sequence: Santoro et al.'s protocol (episode.protocol=sequence): no support set, and the Q
+    images of each class (episode.instances) come as one sequence in a random order, to be read
+    one at a time, each label given one step after its image."""
 
     ways: int
     shots: int
     queries: int
+    sequence: bool = False
 
     @property
     def images_per_class(self) -> int:
@@ -84,19 +89,43 @@ class Examples:
     classes: Tensor | None = None
 
 
-def split_support_query(examples: Examples, shots: int) -> EpisodeBatch:
-    """The first `shots` examples of each class form the support set, the rest the queries."""
+def split_support_query(examples: Examples, shots: int, order: Tensor | None = None) -> EpisodeBatch:
+    """The first `shots` examples of each class form the support set, the rest the queries;
+    `order` [E, N*Q] (sequence episodes) puts each episode's queries in that order."""
     x, y = examples.x, examples.y
     if y is None:  # classification: episode-local labels 0..N-1
         episodes, ways, per_class = x.shape[:3]
         y = torch.arange(ways, device=x.device).view(1, ways, 1).expand(episodes, ways, per_class)
-    return EpisodeBatch(
+    batch = EpisodeBatch(
         support_x=x[:, :, :shots].flatten(1, 2),
         support_y=y[:, :, :shots].flatten(1, 2),
         query_x=x[:, :, shots:].flatten(1, 2),
         query_y=y[:, :, shots:].flatten(1, 2),
         classes=examples.classes,
     )
+    if order is None:
+        return batch
+    order = order.to(x.device)
+    images = order.view(*order.shape, *[1] * (batch.query_x.dim() - 2)).expand_as(batch.query_x)
+    batch.query_x, batch.query_y = batch.query_x.gather(1, images), batch.query_y.gather(1, order)
+    return batch
+
+
+def draw_episodes(source: EpisodeSource, spec: EpisodeSpec, episodes: int, generator: torch.Generator) -> Draws:
+    """The source's draws, and for sequence episodes each one's order of its N*Q images (from the
+    same generator, after the source's draws, so standard episodes are drawn as before)."""
+    draws = source.draw(spec, episodes, generator)
+    if not spec.sequence:
+        return draws
+    return (*draws, torch.rand(episodes, spec.ways * spec.queries, generator=generator).argsort(dim=1))
+
+
+def episode_batch(source: EpisodeSource, spec: EpisodeSpec, draws: Draws) -> EpisodeBatch:
+    """The EpisodeBatch of drawn episodes (draws from `draw_episodes`)."""
+    if spec.sequence:
+        *draws, order = draws
+        return split_support_query(source.examples(tuple(draws)), spec.shots, order)
+    return split_support_query(source.examples(draws), spec.shots)
 
 
 class EpisodeSource(Protocol):
@@ -145,8 +174,8 @@ class EpisodeSampler:
         if self.repeat_every and self.drawn % self.repeat_every == 0:
             self.generator.set_state(self.initial_state)
         self.drawn += 1
-        draws = tuple(drawn[share] for drawn in self.source.draw(self.spec, tasks, self.generator))
-        return split_support_query(self.source.examples(draws), self.spec.shots)
+        draws = tuple(drawn[share] for drawn in draw_episodes(self.source, self.spec, tasks, self.generator))
+        return episode_batch(self.source, self.spec, draws)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "drawn": self.drawn}
@@ -167,7 +196,7 @@ class FixedEpisodes:
         self.source = source
         self.spec = spec
         generator = torch.Generator().manual_seed(derive_seed(seed, purpose))
-        self.draws = source.draw(spec, count, generator)
+        self.draws = draw_episodes(source, spec, count, generator)
 
     def __len__(self) -> int:
         return self.draws[0].shape[0]
@@ -175,4 +204,4 @@ class FixedEpisodes:
     def batches(self, tasks_per_batch: int) -> Iterator[EpisodeBatch]:
         for start in range(0, len(self), tasks_per_batch):
             draws = tuple(drawn[start : start + tasks_per_batch] for drawn in self.draws)
-            yield split_support_query(self.source.examples(draws), self.spec.shots)
+            yield episode_batch(self.source, self.spec, draws)

@@ -52,7 +52,7 @@ def framed(images: Tensor, colours: Tensor, frame: int) -> Tensor:
 
 def is_image_episode(batch: EpisodeBatch) -> bool:
     """Classification of images [C, H, W]: the episodes a grid can show."""
-    return batch.classes is not None and batch.support_x.dim() == 5
+    return batch.classes is not None and batch.support_x.dim() == 5 and batch.support_x.shape[1] > 0  # not a sequence
 
 
 class RunPictures:

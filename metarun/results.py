@@ -23,15 +23,18 @@ def summarize(per_episode: dict[str, Tensor]) -> dict:
     """Mean and 95% CI of each per-episode metric [E]: {"acc": .., "acc_ci95": .., "episodes": E}.
 
     Metrics after k inner steps ("acc@k") become curves keyed by step:
-    {"acc_by_step": {k: ..}, "acc_by_step_ci95": {k: ..}}.
+    {"acc_by_step": {k: ..}, "acc_by_step_ci95": {k: ..}}; "acc@<axis>=k" a curve along another
+    axis, as "acc@instance=k" (the k-th presentation of a class) becomes "acc_by_instance".
     """
     summary: dict = {}
     for name, values in per_episode.items():
         mean, ci95 = mean_ci95(values)
-        base, at, step = name.partition("@")
+        base, at, position = name.partition("@")
         if at:
-            summary.setdefault(f"{base}_by_step", {})[int(step)] = mean
-            summary.setdefault(f"{base}_by_step_ci95", {})[int(step)] = ci95
+            axis, _, index = position.rpartition("=")
+            curve = f"{base}_by_{axis or 'step'}"
+            summary.setdefault(curve, {})[int(index)] = mean
+            summary.setdefault(f"{curve}_ci95", {})[int(index)] = ci95
         else:
             summary[name], summary[f"{name}_ci95"] = mean, ci95
     summary["episodes"] = next(iter(per_episode.values())).numel()

@@ -191,7 +191,8 @@ class Trainer:
             self.distributed.barrier()
         tested, weights = self.kept.for_test()
         ensemble = "steps" in tested
-        what = f"the mean prediction of the weights of steps {tested['steps']}" if ensemble else f"the {tested['weights']} weights, of step {tested['step']}"
+        what = (f"the mean prediction of the weights of steps {tested['steps']}" if ensemble
+                else f"the {tested['weights']} weights, of step {tested['step']},")
         log.info("testing %s on %d fixed test episodes", what, len(self.test_episodes))
         if ensemble:
             per_episode = evaluate_ensemble(self.algorithm, weights, self.test_episodes, self.compute, self.settings.eval_batch_size,

@@ -57,6 +57,8 @@ def test_every_episode_setting_composes(episode):
     cfg, _ = compose_run([f"episode={episode}"])
     train, evaluation = episode_specs(cfg.episode)
     expected = f"sinusoid_{evaluation.shots}shot" if episode.startswith("sinusoid") else f"{evaluation.ways}way_{evaluation.shots}shot"
+    if evaluation.sequence:
+        expected = f"sequence_{evaluation.ways}way"
     assert expected == episode
     assert train.ways == evaluation.ways
 
@@ -94,7 +96,10 @@ def test_every_experiment_composes_and_says_where_its_number_comes_from(experime
     assert ("%" in text or "MSE" in text) and "@package _global_" in text  # the paper's number stands in a comment
     setting = experiment.rsplit("_", 1)[1]
     assert experiment == f"{choices['algo']}_{choices['data'].replace('_', '')}_{setting}"  # e.g. protonet_cifarfs_5w1s
-    assert setting in (f"{cfg.episode.ways}w{cfg.episode.shots}s", f"{cfg.episode.shots}shot")
+    if cfg.episode.get("protocol") == "sequence":  # Santoro et al.'s: no shots, every step scored
+        assert setting == f"{cfg.episode.ways}wseq"
+    else:
+        assert setting in (f"{cfg.episode.ways}w{cfg.episode.shots}s", f"{cfg.episode.shots}shot")
 
 
 @pytest.mark.parametrize("debug", options("debug"))

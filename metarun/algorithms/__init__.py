@@ -5,6 +5,7 @@ from metarun.algorithms.base import Algorithm, StepOutput
 from metarun.algorithms.baseline import Baseline
 from metarun.algorithms.imp import IMP
 from metarun.algorithms.maml import MAML
+from metarun.algorithms.mann import MANN
 from metarun.algorithms.matchingnet import MatchingNet
 from metarun.algorithms.metalstm import MetaLSTM
 from metarun.algorithms.pretrain import Pretrain
@@ -15,6 +16,6 @@ from metarun.algorithms.siamese import Siamese
 from metarun.algorithms.snail import SNAIL
 
 __all__ = [
-    "Algorithm", "Baseline", "IMP", "MAML", "MatchingNet", "MetaLSTM", "Pretrain", "ProtoNet", "RelationNet", "Reptile",
+    "Algorithm", "Baseline", "IMP", "MAML", "MANN", "MatchingNet", "MetaLSTM", "Pretrain", "ProtoNet", "RelationNet", "Reptile",
     "SNAIL", "Siamese", "StepOutput",
 ]

@@ -46,6 +46,8 @@ class Algorithm(nn.Module, ABC):
     # Whether the method adapts to each task by gradient steps: bf16 rounding compounds through
     # them, so `auto` keeps such methods in fp32 (metarun/compute.py).
     inner_loop: bool = False
+    # Whether it can read episode.protocol=sequence episodes (no support set; metarun.algorithms.sequences).
+    reads_sequences: bool = False
 
     @abstractmethod
     def step(self, batch: EpisodeBatch, train: bool) -> StepOutput:
@@ -81,8 +83,9 @@ def embed_episodes(backbone: nn.Module, batch: EpisodeBatch) -> tuple[Tensor, Te
     tasks, n_support = batch.support_y.shape
     images = torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])
     embeddings = full(backbone(images))
-    support = embeddings[: tasks * n_support].view(tasks, n_support, -1)
-    return support, embeddings[tasks * n_support :].view(tasks, batch.query_y.shape[1], -1)
+    features = embeddings.shape[-1]  # not -1 in view: a sequence episode has no support images
+    support = embeddings[: tasks * n_support].view(tasks, n_support, features)
+    return support, embeddings[tasks * n_support :].view(tasks, batch.query_y.shape[1], features)
 
 
 def class_means(embeddings: Tensor, labels: Tensor, ways: int) -> Tensor:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metarun.algorithms.base import Algorithm, StepOutput, classification, classify_queries, embed_episodes
+from metarun.algorithms.sequences import check_protocol, classify_sequence, labels_one_step_late, shuffle_support
 from metarun.compute import full
 from metarun.episodes import EpisodeBatch
 from metarun.tasks import Task
@@ -31,14 +32,21 @@ class SNAIL(Algorithm):
 
     In training the support set is shuffled in every episode (from the global generator, which
     checkpoints keep), so the network cannot read a label from a position.
+
+    protocol "sequence" (Santoro et al.'s, S = ways * instances positions): each position reads its
+    image with the previous position's label, and every position is classified.
     """
 
-    def __init__(self, backbone: nn.Module, ways: int, shots: int, task: Task | None = None, filters: int = 128):
+    reads_sequences = True
+
+    def __init__(self, backbone: nn.Module, ways: int, shots: int, task: Task | None = None, filters: int = 128,
+                 protocol: str = "standard", instances: int = 10):
         super().__init__()
         self.task = classification(task, "snail")
         self.backbone = backbone
         self.ways = ways
-        length = ways * shots + 1
+        self.sequence, self.instances = check_protocol(protocol), instances
+        length = ways * instances if self.sequence else ways * shots + 1
         channels = backbone.out_features + ways
         self.blocks = nn.ModuleList()
         for key_size in (64, 256, 512):
@@ -49,6 +57,11 @@ class SNAIL(Algorithm):
         self.head = nn.Linear(channels, ways)
 
     def step(self, batch: EpisodeBatch, train: bool) -> StepOutput:
+        if self.sequence:
+            _, images = embed_episodes(self.backbone, batch)  # [T, L, F]: the sequence is the query set
+            sequence = torch.cat([images, labels_one_step_late(batch.query_y, self.ways, images.dtype)], dim=-1)
+            states, _ = self.read(sequence, sequence[:, :0])  # every position, each reading only those before it
+            return classify_sequence(full(self.head(states)), batch.query_y, self.task, self.instances, train)
         if train:
             batch = shuffle_support(batch)
         return classify_queries(self.logits(batch), batch.query_y, self.task)
@@ -139,11 +152,3 @@ def gated(x: Tensor) -> Tensor:
     """WaveNet's gated activation: the first half of the channels through tanh times the second through a sigmoid."""
     filters, gates = x.chunk(2, dim=-1)
     return torch.tanh(filters) * torch.sigmoid(gates)
-
-
-def shuffle_support(batch: EpisodeBatch) -> EpisodeBatch:
-    """The same episodes with each one's support set in a random order."""
-    order = torch.argsort(torch.rand(batch.support_y.shape), dim=1).to(batch.support_y.device)  # [T, S]
-    image_order = order.view(*order.shape, *[1] * (batch.support_x.dim() - 2)).expand_as(batch.support_x)
-    return EpisodeBatch(batch.support_x.gather(1, image_order), batch.support_y.gather(1, order),
-                        batch.query_x, batch.query_y, batch.classes)

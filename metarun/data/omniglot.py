@@ -1,5 +1,8 @@
 """Omniglot from the official zips or their unpacked folders, decoded once into a uint8 cache.
 
+Classes are characters, or with label_level=alphabet their alphabets, whose characters (and
+their rotations) are then hidden modes (metarun.data.modes, IMP's super-class episodes).
+
 Protocols:
   vinyals: the split of Vinyals et al. 2016 (1028 / 172 / 423 characters), each character's
            90/180/270-degree rotations added as new classes, as the published results use.
@@ -23,6 +26,7 @@ from PIL import Image
 from metarun.data.cache import cached
 from metarun.data.download import downloading
 from metarun.data.files import split_lists
+from metarun.data.modes import ModalSplit
 from metarun.data.split import DataSplits, ImageSplit
 from metarun.errors import MetarunError
 
@@ -38,10 +42,29 @@ def load_omniglot(
     cache_dir: str = "~/.cache/metarun",
     lake_val_alphabets: int = 5,
     split_seed: int = 0,
+    label_level: Literal["character", "alphabet"] = "character",
+    modes_per_class: int = 10,
 ) -> DataSplits:
-    """All three splits of Omniglot under `protocol`, images [1, image_size, image_size], ink = 255."""
+    """All three splits of Omniglot under `protocol`, images [1, image_size, image_size], ink = 255;
+    label_level=alphabet: the classes are alphabets, each episode class showing `modes_per_class`
+    of its characters (the split's characters: an alphabet may appear in several splits, a character in one)."""
     if protocol not in ("vinyals", "lake"):
         raise MetarunError(f"data.protocol={protocol!r} is not known; use 'vinyals' or 'lake'")
+    if label_level not in ("character", "alphabet"):
+        raise MetarunError(f"data.label_level={label_level!r} is not known; use character or alphabet")
+    splits = _character_splits(root, protocol, image_size, download, cache_dir, lake_val_alphabets, split_seed)
+    if label_level == "character":
+        return splits
+    return DataSplits(*(ModalSplit.grouping(split, alphabet_of, modes_per_class) for _, split in splits.items()))
+
+
+def alphabet_of(class_name: str) -> str:
+    """"background/<alphabet>/<character>[/rot90]" -> "background/<alphabet>"."""
+    return "/".join(class_name.split("/")[:2])
+
+
+def _character_splits(root: str, protocol: str, image_size: int, download: bool, cache_dir: str, lake_val_alphabets: int,
+                      split_seed: int) -> DataSplits:
     root_path = Path(root).expanduser()
     if download:
         _download(root_path)

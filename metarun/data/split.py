@@ -127,6 +127,9 @@ class ImageSplit:
                 f"episode.{key_prefix}ways={spec.ways} is more than the {self.num_classes} classes "
                 f"of the {split_name} split of {data_name}"
             )
+        if spec.sequence and spec.queries > self.min_images_per_class:
+            raise MetarunError(f"episode.instances={spec.queries} is more than the {self.min_images_per_class} images "
+                               f"per class in the {split_name} split of {data_name}")
         if spec.images_per_class > self.min_images_per_class:
             raise MetarunError(
                 f"episode.shots + episode.{key_prefix}queries = {spec.shots} + {spec.queries} is more than the "
