@@ -12,6 +12,7 @@ step time / sampling time says how many times faster the sampler is than the mod
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import resource
 import sys
 import tempfile
@@ -25,6 +26,7 @@ from PIL import Image
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent))
 from metarun.algorithms import ProtoNet  # noqa: E402
+from metarun.data.augment import Augmentation  # noqa: E402
 from metarun.data.cifar import load_cifar_fs  # noqa: E402
 from metarun.data.folders import load_image_folder  # noqa: E402
 from metarun.data.omniglot import load_omniglot  # noqa: E402
@@ -32,7 +34,7 @@ from metarun.episodes import EpisodeSampler, EpisodeSpec  # noqa: E402
 from metarun.models import Conv4  # noqa: E402
 
 SPEC = EpisodeSpec(ways=5, shots=1, queries=15)
-AUGMENT = {"crop_padding": 4, "flip": True, "jitter": 0.4}
+AUGMENT = Augmentation(crop_padding=4, flip=True, jitter=0.4)
 
 
 def seconds_per_call(fn, repeats: int) -> float:
@@ -88,7 +90,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         cases.append(("image folder (memory-mapped cache), crop + flip + jitter",
                       lambda: load_image_folder(str(fake_image_folder(Path(folder) / "images")), cache_dir=str(Path(folder) / "cache"),
-                                                augment={**AUGMENT, "crop_padding": 8}).train))
+                                                augment=dataclasses.replace(AUGMENT, crop_padding=8)).train))
         for name, load in cases:
             rows.append(measure(name, load(), args.tasks, args.repeats))
             print(rows[-1], flush=True)

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 import metarun
 from metarun.compute import Compute, resolve_channels_last, resolve_precision, resolve_task_batching
 from metarun.data import DataSplits
+from metarun.data.augment import Augmentation
 from metarun.distributed import Distributed, SingleProcess
 from metarun.episodes import EpisodeSampler, EpisodeSpec, FixedEpisodes
 from metarun.errors import MetarunError
@@ -109,7 +110,9 @@ def model_and_data(cfg: DictConfig, choices: dict[str, str], device: torch.devic
 def load_splits(cfg: DictConfig, train_spec: EpisodeSpec, eval_spec: EpisodeSpec, choices: dict[str, str]) -> DataSplits:
     """The data set's splits, the validation classes joined to training's under train_on_val=true,
     checked against the episodes they must supply."""
-    splits: DataSplits = make(cfg, "data")
+    # The data's augmentation settings become one Augmentation here, which the loader receives.
+    augment = {"augment": Augmentation.from_config(cfg.data.augment)} if "augment" in cfg.data else {}
+    splits: DataSplits = call(make(cfg, "data", _partial_=True), cfg.data.get("_target_"), **augment)
     if cfg.get("train_on_val"):
         splits = splits.with_val_in_train()
     check_splits(splits, train_spec, eval_spec, choices.get("data", "the data set"))
@@ -170,11 +173,24 @@ def make(cfg: DictConfig, key: str, **kwargs):
     try:
         return instantiate(cfg[key], **kwargs)
     except InstantiationException as error:
-        cause = error.__cause__
-        if isinstance(cause, MetarunError):
-            raise cause from None
-        detail = str(cause or error).splitlines()[-1] if str(cause or error) else type(cause).__name__
-        raise MetarunError(f"could not build {key} ({cfg[key].get('_target_')}): {detail}") from None
+        raise one_line(key, cfg[key].get("_target_"), error.__cause__ or error) from None
+
+
+def call(built, target: str, **kwargs):
+    """A partial from make(..., _partial_=True) called with `kwargs`, failing as make does."""
+    try:
+        return built(**kwargs)
+    except MetarunError:
+        raise
+    except Exception as error:  # what instantiate would have wrapped: a bad key, a loader's own bug
+        raise one_line("data", target, error) from None
+
+
+def one_line(key: str, target: str | None, cause: BaseException) -> MetarunError:
+    if isinstance(cause, MetarunError):
+        return cause
+    detail = str(cause).splitlines()[-1] if str(cause) else type(cause).__name__
+    return MetarunError(f"could not build {key} ({target}): {detail}")
 
 
 def loop_settings(trainer: DictConfig) -> LoopSettings:

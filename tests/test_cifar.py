@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from metarun.build import train
+from metarun.data.augment import Augmentation
 from metarun.data.cifar import load_cifar100, load_cifar_fs, load_fc100
 from metarun.errors import MetarunError
 from tests.helpers import CIFAR100, compose_run, requires_cifar100
@@ -83,7 +84,7 @@ def test_fc100_splits_by_superclass(tmp_path):
 
 def test_only_training_episodes_are_augmented(tmp_path):
     splits = load_cifar_fs(str(make_fake_cifar(tmp_path / "cifar")), cache_dir=str(tmp_path / "cache"),
-                           augment={"crop_padding": 4, "flip": True, "jitter": 0.4})
+                           augment=Augmentation(crop_padding=4, flip=True, jitter=0.4))
     assert splits.train.augment is not None and splits.train.augment.jitter == 0.4
     assert splits.val.augment is None and splits.test.augment is None
     assert splits.train.mean != (0.0,)  # normalised with CIFAR-100's statistics

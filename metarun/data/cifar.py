@@ -10,7 +10,6 @@ from __future__ import annotations
 import pickle
 import tarfile
 from pathlib import Path
-from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -30,23 +29,21 @@ STD = (0.2673, 0.2564, 0.2762)
 
 
 def load_cifar_fs(root: str, download: bool = False, cache_dir: str = "~/.cache/metarun",
-                  augment: Mapping[str, Any] | None = None) -> DataSplits:
+                  augment: Augmentation | None = None) -> DataSplits:
     """CIFAR-FS (Bertinetto et al. 2019): 64 / 16 / 20 fine classes chosen at random."""
-    augmentation = Augmentation.from_config(augment)
     names = {split: [fine for _superclass, fine in entries] for split, entries in split_lists("cifar-fs").items()}
-    return _splits(load_cifar100(root, download, cache_dir), names, augmentation)
+    return _splits(load_cifar100(root, download, cache_dir), names, augment)
 
 
 def load_fc100(root: str, download: bool = False, cache_dir: str = "~/.cache/metarun",
-               augment: Mapping[str, Any] | None = None) -> DataSplits:
+               augment: Augmentation | None = None) -> DataSplits:
     """FC100 (Oreshkin et al. 2018): split by superclass, 12 / 4 / 4 superclasses = 60 / 20 / 20
     fine classes, so test classes share no superclass with training ones."""
-    augmentation = Augmentation.from_config(augment)
     data = load_cifar100(root, download, cache_dir)
     superclass_of = dict(zip(data["fine_names"], data["coarse_names"]))
     names = {split: [fine for fine in data["fine_names"] if superclass_of[fine] in superclasses]
              for split, superclasses in split_lists("fc100").items()}
-    return _splits(data, names, augmentation)
+    return _splits(data, names, augment)
 
 
 def load_cifar100(root: str, download: bool = False, cache_dir: str = "~/.cache/metarun") -> dict:

@@ -42,7 +42,7 @@ def load_image_folder(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     cache_dir: str = "~/.cache/metarun",
-    augment: Mapping[str, Any] | None = None,
+    augment: Augmentation | None = None,
 ) -> DataSplits:
     """Any folder of class folders: a user's own few-shot problem.
 
@@ -50,7 +50,6 @@ def load_image_folder(
     folder names]}); else the class folders shuffled with `split_seed` and cut by `ratios`.
     mean/std: per-channel statistics, computed from the training images when not given.
     """
-    augmentation = Augmentation.from_config(augment)
     folder = _folder(root, "data=image_folder", "a folder holding one folder of images per class")
     if all((folder / split).is_dir() for split in SPLITS):
         per_split = {split: _class_folders(folder / split) for split in SPLITS}
@@ -58,7 +57,7 @@ def load_image_folder(
         everything = _class_folders(folder)
         per_split = _by_lists(everything, classes, folder) if classes else _by_ratios(everything, ratios, split_seed, folder)
     unit = (0.0,) * channels, (1.0,) * channels  # until measured
-    splits = _decode(_files_layout(per_split), image_size, channels, cache_dir, mean or unit[0], std or unit[1], augmentation)
+    splits = _decode(_files_layout(per_split), image_size, channels, cache_dir, mean or unit[0], std or unit[1], augment)
     if mean is None or std is None:
         measured_mean, measured_std = channel_statistics(splits.train)
         splits = DataSplits(*(replace(split, mean=mean or measured_mean, std=std or measured_std) for _, split in splits.items()))
@@ -66,7 +65,7 @@ def load_image_folder(
 
 
 def load_miniimagenet(root: str, image_size: int = 84, cache_dir: str = "~/.cache/metarun",
-                      augment: Mapping[str, Any] | None = None) -> DataSplits:
+                      augment: Augmentation | None = None) -> DataSplits:
     """miniImageNet (Vinyals et al. 2016, split of Ravi & Larochelle 2017: 64 / 16 / 20 classes)."""
     layouts = {
         "images/ with train.csv, val.csv and test.csv (Ravi & Larochelle's filename,label files)": _csv_layout,
@@ -78,7 +77,7 @@ def load_miniimagenet(root: str, image_size: int = 84, cache_dir: str = "~/.cach
 
 
 def load_tieredimagenet(root: str, image_size: int = 84, cache_dir: str = "~/.cache/metarun",
-                        augment: Mapping[str, Any] | None = None) -> DataSplits:
+                        augment: Augmentation | None = None) -> DataSplits:
     """tieredImageNet (Ren et al. 2018: 351 / 97 / 160 classes from 20 / 6 / 8 categories)."""
     layouts = {
         "{train,val,test}_images_png.pkl with {train,val,test}_labels.pkl (Ren et al.'s release)": _tiered_png_layout,
@@ -89,10 +88,9 @@ def load_tieredimagenet(root: str, image_size: int = 84, cache_dir: str = "~/.ca
 
 
 def load_cub(root: str, image_size: int = 84, cache_dir: str = "~/.cache/metarun",
-             augment: Mapping[str, Any] | None = None) -> DataSplits:
+             augment: Augmentation | None = None) -> DataSplits:
     """CUB-200-2011 in the split of Chen et al. 2019 (100 / 50 / 50 species), from the unpacked
     CUB_200_2011/images folder (root may be it, its parent, or CUB_200_2011 itself)."""
-    augmentation = Augmentation.from_config(augment)
     base = Path(root).expanduser()
     images = next((p for p in (base / "CUB_200_2011" / "images", base / "images", base) if p.is_dir() and
                    any(child.name[:4].rstrip(".").isdigit() for child in p.iterdir())), None)
@@ -102,7 +100,7 @@ def load_cub(root: str, image_size: int = 84, cache_dir: str = "~/.cache/metarun
     species = _class_folders(images)
     lists = split_lists("cub")
     layout = _files_layout(_by_lists(species, lists, images))
-    return _decode(layout, image_size, 3, cache_dir, IMAGENET_MEAN, IMAGENET_STD, augmentation)
+    return _decode(layout, image_size, 3, cache_dir, IMAGENET_MEAN, IMAGENET_STD, augment)
 
 
 def channel_statistics(split: ImageSplit, most: int = 5000) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -123,11 +121,10 @@ def _decode(layout: Layout, image_size: int, channels: int, cache_dir: str, mean
 
 
 def _load_imagenet_like(root: str, name: str, layouts: dict[str, Callable[[Path], Layout | None]], image_size: int,
-                        cache_dir: str, augment: Mapping[str, Any] | None) -> DataSplits:
+                        cache_dir: str, augment: Augmentation | None) -> DataSplits:
     """The first of `layouts` found in root, decoded as RGB with ImageNet's statistics."""
-    augmentation = Augmentation.from_config(augment)
     layout = _find_layout(root, name, layouts)
-    return _decode(layout, image_size, 3, cache_dir, IMAGENET_MEAN, IMAGENET_STD, augmentation)
+    return _decode(layout, image_size, 3, cache_dir, IMAGENET_MEAN, IMAGENET_STD, augment)
 
 
 def _find_layout(root: str, name: str, layouts: dict[str, Callable[[Path], Layout | None]]) -> Layout:
