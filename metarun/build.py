@@ -19,6 +19,7 @@ import metarun
 from metarun.compute import Compute, resolve_channels_last, resolve_precision, resolve_task_batching
 from metarun.data import DataSplits
 from metarun.data.augment import Augmentation
+from metarun.data.cross_domain import AsInputOf
 from metarun.distributed import Distributed, SingleProcess
 from metarun.episodes import EpisodeSampler, EpisodeSpec, FixedEpisodes
 from metarun.errors import MetarunError
@@ -109,14 +110,25 @@ def model_and_data(cfg: DictConfig, choices: dict[str, str], device: torch.devic
 
 def load_splits(cfg: DictConfig, train_spec: EpisodeSpec, eval_spec: EpisodeSpec, choices: dict[str, str]) -> DataSplits:
     """The data set's splits, the validation classes joined to training's under train_on_val=true,
-    checked against the episodes they must supply."""
-    # The data's augmentation settings become one Augmentation here, which the loader receives.
-    augment = {"augment": Augmentation.from_config(cfg.data.augment)} if "augment" in cfg.data else {}
-    splits: DataSplits = call(make(cfg, "data", _partial_=True), cfg.data.get("_target_"), **augment)
+    validation and test from eval_data if given (cross-domain), checked against the episodes they must supply."""
+    splits = load_data(cfg, "data")
     if cfg.get("train_on_val"):
         splits = splits.with_val_in_train()
-    check_splits(splits, train_spec, eval_spec, choices.get("data", "the data set"))
+    if cfg.get("eval_data"):
+        trained_on = getattr(splits.train, "input_format", None)
+        if trained_on is None:
+            raise MetarunError(f"eval_data={choices.get('eval_data')} tests image classification on another data set; "
+                               f"data={choices.get('data')} is not image classification")
+        other = load_data(cfg, "eval_data")
+        splits = DataSplits(splits.train, AsInputOf(other.val, trained_on), AsInputOf(other.test, trained_on))
+    check_splits(splits, train_spec, eval_spec, choices.get("data", "the data set"), choices.get("eval_data"))
     return splits
+
+
+def load_data(cfg: DictConfig, key: str) -> DataSplits:
+    """cfg[key]'s loader called with its augmentation settings made one Augmentation, here."""
+    augment = {"augment": Augmentation.from_config(cfg[key].augment)} if "augment" in cfg[key] else {}
+    return call(make(cfg, key, _partial_=True), key, cfg[key].get("_target_"), **augment)
 
 
 def resolve_compute(settings: LoopSettings, device: torch.device, input_shape: tuple[int, ...], inner_loop: bool) -> Compute:
@@ -176,14 +188,14 @@ def make(cfg: DictConfig, key: str, **kwargs):
         raise one_line(key, cfg[key].get("_target_"), error.__cause__ or error) from None
 
 
-def call(built, target: str, **kwargs):
-    """A partial from make(..., _partial_=True) called with `kwargs`, failing as make does."""
+def call(built, key: str, target: str, **kwargs):
+    """A partial from make(cfg, key, _partial_=True) called with `kwargs`, failing as make does."""
     try:
         return built(**kwargs)
     except MetarunError:
         raise
     except Exception as error:  # what instantiate would have wrapped: a bad key, a loader's own bug
-        raise one_line("data", target, error) from None
+        raise one_line(key, target, error) from None
 
 
 def one_line(key: str, target: str | None, cause: BaseException) -> MetarunError:
@@ -250,13 +262,14 @@ def check_settings(cfg: DictConfig) -> None:
             raise MetarunError(f"{key}={value!r} is invalid: a learning rate must be positive")
 
 
-def check_splits(splits: DataSplits, train_spec: EpisodeSpec, eval_spec: EpisodeSpec, data_name: str) -> None:
+def check_splits(splits: DataSplits, train_spec: EpisodeSpec, eval_spec: EpisodeSpec, data_name: str,
+                 eval_data_name: str | None = None) -> None:
     """Episodes must fit the splits (for images: enough classes and images per class)."""
     # Evaluation first: train_ways and train_queries follow ways and queries unless set, so an
     # error then names the key the user typed.
     for split_name, split in sorted(splits.items(), key=lambda item: item[0] == "train"):
         spec, prefix = (train_spec, "train_") if split_name == "train" else (eval_spec, "")
-        split.check(spec, split_name, data_name, prefix)
+        split.check(spec, split_name, data_name if split_name == "train" else eval_data_name or data_name, prefix)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -298,6 +311,7 @@ def run_metadata(cfg: DictConfig, choices: dict[str, str], device: torch.device,
     return {
         "algorithm": choices.get("algo"),
         "data": choices.get("data"),
+        "eval_data": choices.get("eval_data"),
         "task": splits.task.name,
         "classes": getattr(splits.task, "classes", None),
         "input": getattr(splits.test, "input_format", None),
@@ -322,7 +336,7 @@ def run_metadata(cfg: DictConfig, choices: dict[str, str], device: torch.device,
 def run_hparams(cfg: DictConfig, choices: dict[str, str]) -> dict:
     """The TensorBoard HParams row: the settings researchers sweep under short names, then every
     scalar option of the method, backbone and optimiser (a method's options are absent for the others)."""
-    hparams = {group: choices.get(group) for group in ("algo", "data", "backbone", "experiment") if choices.get(group)}
+    hparams = {group: choices.get(group) for group in ("algo", "data", "eval_data", "backbone", "experiment") if choices.get(group)}
     episode = cfg.episode
     hparams.update(seed=cfg.seed, ways=episode.ways, shots=episode.shots, queries=episode.queries,
                    train_ways=episode.train_ways, train_queries=episode.train_queries, lr=cfg.optim.lr,

@@ -22,10 +22,11 @@ from omegaconf import DictConfig, OmegaConf
 from metarun import checkpoints
 from metarun.errors import MetarunError
 
-USAGE = "usage: metarun-eval run=<run folder> [episode=5way_1shot] [episode.shots=5] [trainer.test_episodes=1000] [eval_seed=1] [data.root=...]"
+USAGE = ("usage: metarun-eval run=<run folder> [episode=5way_1shot] [episode.shots=5] [trainer.test_episodes=1000] [eval_seed=1] "
+         "[data.root=...] [eval_data=<another data set> eval_data.root=...]")
 
 # Keys an evaluation may change: the episodes it scores on and how it computes them.
-EVALUATION_KEYS = ("episode.", "data.", "eval_seed", "device", "deterministic", "malloc", "algo.eval_", "logger.",
+EVALUATION_KEYS = ("episode.", "data.", "eval_data", "eval_seed", "device", "deterministic", "malloc", "algo.eval_", "logger.",
                    "trainer.test_episodes", "trainer.test_weights", "trainer.eval_batch_size", "trainer.eval_batch_norm",
                    "trainer.precision", "trainer.channels_last", "trainer.max_images_per_pass", "trainer.progress",
                    "trainer.resume")
@@ -82,7 +83,7 @@ def rescore(run: Path, overrides: list[str]) -> tuple[dict, Path]:
                                                 weights, (metadata.get("input") or {}).get("shape"))
     episodes = FixedEpisodes(splits.test, eval_spec, settings.test_episodes, cfg.eval_seed, "test")
     metric = splits.task.monitor
-    setting = {"data": choices.get("data"), "ways": eval_spec.ways, "shots": eval_spec.shots,
+    setting = {"data": choices.get("eval_data") or choices.get("data"), "ways": eval_spec.ways, "shots": eval_spec.shots,
                "queries": eval_spec.queries, "episodes": settings.test_episodes, "eval_seed": cfg.eval_seed}
     result = {
         "metric": metric,
@@ -129,7 +130,7 @@ def check_changes(trained: dict, now: dict) -> None:
     changed = [key for key in checkpoints.config_differences(trained, now) if not key.startswith(EVALUATION_KEYS)]
     if changed:
         raise MetarunError(f"metarun-eval scores the run's trained model, so {', '.join(changed)} cannot change; "
-                           "only episode.*, data.*, eval_seed, device, trainer.test_episodes, trainer.eval_batch_size, "
+                           "only episode.*, data.*, eval_data, eval_seed, device, trainer.test_episodes, trainer.eval_batch_size, "
                            "trainer.precision and algo.eval_* can")
 
 
