@@ -104,7 +104,8 @@ class TrainingState:
 
 # What may change between a run and its resumption: how long it trains, how it reports, where its data lies.
 RESUMABLE_CHANGES = ("trainer.steps", "trainer.resume", "trainer.progress", "trainer.log_every", "logger.", "malloc",
-                     "data.root", "data.cache_dir")  # the same data, found elsewhere (a run moved to another machine)
+                     # the same data, found or fetched elsewhere (a run moved to another machine)
+                     "data.root", "data.cache_dir", "data.download", "data.mirror", "data.checksums")
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:

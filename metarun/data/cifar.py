@@ -16,7 +16,7 @@ import torch
 
 from metarun.data.augment import Augmentation
 from metarun.data.cache import cached
-from metarun.data.download import downloading
+from metarun.data.download import fetch_release, wants_download
 from metarun.data.files import split_lists, unpickle
 from metarun.data.split import DataSplits, ImageSplit
 from metarun.errors import MetarunError
@@ -26,34 +26,47 @@ ARCHIVE = f"{FOLDER}.tar.gz"
 PICKLES = ("train", "test", "meta")
 MEAN = (0.5071, 0.4865, 0.4409)  # CIFAR-100 training images, per channel
 STD = (0.2673, 0.2564, 0.2762)
+OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz"
+OFFICIAL_CHECKSUMS = {ARCHIVE: "md5:eb9058c3a382ffc7106e4002c42a8d85"}  # as torchvision checks it
 
 
-def load_cifar_fs(root: str, download: bool = False, cache_dir: str = "~/.cache/metarun",
-                  augment: Augmentation | None = None) -> DataSplits:
+def load_cifar_fs(root: str, download: bool | str = False, cache_dir: str = "~/.cache/metarun",
+                  augment: Augmentation | None = None, mirror: str | None = None, checksums: dict | None = None) -> DataSplits:
     """CIFAR-FS (Bertinetto et al. 2019): 64 / 16 / 20 fine classes chosen at random."""
     names = {split: [fine for _superclass, fine in entries] for split, entries in split_lists("cifar-fs").items()}
-    return _splits(load_cifar100(root, download, cache_dir), names, augment)
+    return _splits(load_cifar100(root, download, cache_dir, mirror, checksums), names, augment)
 
 
-def load_fc100(root: str, download: bool = False, cache_dir: str = "~/.cache/metarun",
-               augment: Augmentation | None = None) -> DataSplits:
+def load_fc100(root: str, download: bool | str = False, cache_dir: str = "~/.cache/metarun",
+               augment: Augmentation | None = None, mirror: str | None = None, checksums: dict | None = None) -> DataSplits:
     """FC100 (Oreshkin et al. 2018): split by superclass, 12 / 4 / 4 superclasses = 60 / 20 / 20
     fine classes, so test classes share no superclass with training ones."""
-    data = load_cifar100(root, download, cache_dir)
+    data = load_cifar100(root, download, cache_dir, mirror, checksums)
     superclass_of = dict(zip(data["fine_names"], data["coarse_names"]))
     names = {split: [fine for fine in data["fine_names"] if superclass_of[fine] in superclasses]
              for split, superclasses in split_lists("fc100").items()}
     return _splits(data, names, augment)
 
 
-def load_cifar100(root: str, download: bool = False, cache_dir: str = "~/.cache/metarun") -> dict:
+def load_cifar100(root: str, download: bool | str = False, cache_dir: str = "~/.cache/metarun", mirror: str | None = None,
+                  checksums: dict | None = None) -> dict:
     """{"fine_names": [100], "coarse_names": [100] (each fine class's superclass),
-    "images": uint8 [100, 600, 3, 32, 32]} from cifar-100-python/ or its .tar.gz in `root`."""
+    "images": uint8 [100, 600, 3, 32, 32]} from cifar-100-python/ or its .tar.gz in `root`;
+    download (auto or true): fetch the official archive unless a copy is there (metarun.data.download)."""
     root_path = Path(root).expanduser()
-    if download:
-        _download(root_path)
+    if wants_download(download) and not _present(root_path):
+        fetch_release("CIFAR-100", root_path, dict(checksums or OFFICIAL_CHECKSUMS), mirror or OFFICIAL_URL,
+                      f"copy {ARCHIVE} or {FOLDER}/ there, or set data.root to a folder that has it")
     source = find_source(root_path)
     return cached(Path(cache_dir).expanduser(), "cifar100", {"cifar100": source}, build=lambda: decode(source))
+
+
+def _present(root: Path) -> bool:
+    try:
+        find_source(root)
+        return True
+    except MetarunError:
+        return False
 
 
 def find_source(root: Path) -> Path:
@@ -66,7 +79,7 @@ def find_source(root: Path) -> Path:
     raise MetarunError(
         f"CIFAR-100 not found: no {FOLDER}/ (with train, test, meta) or {ARCHIVE} in {root}; "
         "set data.root to the folder holding the official Python release (for example ../shared/data/cifar100) "
-        "or set data.download=true to fetch it (needs internet)"
+        "or set data.download=auto to fetch it (needs internet)"
     )
 
 
@@ -120,12 +133,3 @@ def _splits(data: dict, names: dict[str, list[str]], augmentation: Augmentation 
         return ImageSplit.from_classes(per_class, names[name], mean=MEAN, std=STD, **options)
 
     return DataSplits(train=split("train"), val=split("val"), test=split("test"))
-
-
-def _download(root: Path) -> None:
-    """Fetch and unpack the official release with torchvision (its md5 check included)."""
-    from torchvision.datasets import CIFAR100
-
-    with downloading("CIFAR-100", root, f"copy {ARCHIVE} or {FOLDER}/ there and set data.download=false"):
-        if not (root / FOLDER).is_dir() and not (root / ARCHIVE).is_file():
-            CIFAR100(str(root), train=True, download=True)

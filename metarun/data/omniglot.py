@@ -24,13 +24,16 @@ import torch
 from PIL import Image
 
 from metarun.data.cache import cached
-from metarun.data.download import downloading
+from metarun.data.download import fetch_release, wants_download
 from metarun.data.files import split_lists
 from metarun.data.modes import ModalSplit
 from metarun.data.split import DataSplits, ImageSplit
 from metarun.errors import MetarunError
 
 PARTS = ("images_background", "images_evaluation")
+OFFICIAL_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python"
+OFFICIAL_CHECKSUMS = {"images_background.zip": "md5:68d2efa1b9178cc56df9314c21c6e718",  # as torchvision checks them
+                      "images_evaluation.zip": "md5:6b91aef0f799c5bb55b94e3f2daec811"}
 IMAGES_PER_CHARACTER = 20
 
 
@@ -38,21 +41,31 @@ def load_omniglot(
     root: str,
     protocol: Literal["vinyals", "lake"] = "vinyals",
     image_size: int = 28,
-    download: bool = False,
+    download: bool | str = False,
     cache_dir: str = "~/.cache/metarun",
     lake_val_alphabets: int = 5,
     split_seed: int = 0,
     label_level: Literal["character", "alphabet"] = "character",
     modes_per_class: int = 10,
+    mirror: str | None = None,
+    checksums: dict[str, str] | None = None,
 ) -> DataSplits:
     """All three splits of Omniglot under `protocol`, images [1, image_size, image_size], ink = 255;
+    download (auto or true): fetch the official zips into `root` unless a copy is there, from `mirror`
+    (default: the official address) checked against `checksums` (default: the official md5s);
     label_level=alphabet: the classes are alphabets, each episode class showing `modes_per_class`
     of its characters (the split's characters: an alphabet may appear in several splits, a character in one)."""
     if protocol not in ("vinyals", "lake"):
         raise MetarunError(f"data.protocol={protocol!r} is not known; use 'vinyals' or 'lake'")
     if label_level not in ("character", "alphabet"):
         raise MetarunError(f"data.label_level={label_level!r} is not known; use character or alphabet")
-    splits = _character_splits(root, protocol, image_size, download, cache_dir, lake_val_alphabets, split_seed)
+    root_path = Path(root).expanduser()
+    missing = {name: checksum for name, checksum in dict(checksums or OFFICIAL_CHECKSUMS).items()
+               if _source(root_path, name.removesuffix(".zip")) is None}
+    if wants_download(download) and missing:
+        fetch_release("Omniglot", root_path, missing, mirror or OFFICIAL_URL,
+                      "copy images_background.zip and images_evaluation.zip there, or set data.root to a folder that has them")
+    splits = _character_splits(root, protocol, image_size, cache_dir, lake_val_alphabets, split_seed)
     if label_level == "character":
         return splits
     return DataSplits(*(ModalSplit.grouping(split, alphabet_of, modes_per_class) for _, split in splits.items()))
@@ -63,11 +76,9 @@ def alphabet_of(class_name: str) -> str:
     return "/".join(class_name.split("/")[:2])
 
 
-def _character_splits(root: str, protocol: str, image_size: int, download: bool, cache_dir: str, lake_val_alphabets: int,
+def _character_splits(root: str, protocol: str, image_size: int, cache_dir: str, lake_val_alphabets: int,
                       split_seed: int) -> DataSplits:
     root_path = Path(root).expanduser()
-    if download:
-        _download(root_path)
     sources = find_sources(root_path)
     characters = cached(Path(cache_dir).expanduser(), f"omniglot-{image_size}px", sources, image_size,
                         build=lambda: decode_characters(sources, image_size))
@@ -80,17 +91,21 @@ def _character_splits(root: str, protocol: str, image_size: int, download: bool,
     return DataSplits(**{s: _plain(by_name, split_names[s]) for s in ("train", "val", "test")})
 
 
+def _source(root: Path, part: str) -> Path | None:
+    candidates = [base / name for base in (root, root / "omniglot-py") for name in (part, f"{part}.zip")]
+    return next((path for path in candidates if path.exists()), None)
+
+
 def find_sources(root: Path) -> dict[str, Path]:
     """The zip or unpacked folder of each part, looked for in root and root/omniglot-py."""
     sources = {}
     for part in PARTS:
-        candidates = [base / name for base in (root, root / "omniglot-py") for name in (part, f"{part}.zip")]
-        found = next((path for path in candidates if path.exists()), None)
+        found = _source(root, part)
         if found is None:
             raise MetarunError(
                 f"Omniglot not found: no {part}.zip or {part}/ in {root}; "
                 "set data.root to the folder holding the official zips (for example ../shared/data/omniglot) "
-                "or set data.download=true to fetch them (needs internet)"
+                "or set data.download=auto to fetch them (needs internet)"
             )
         sources[part] = found
     return sources
@@ -173,15 +188,3 @@ def _lookup(by_name: dict[str, torch.Tensor], name: str) -> torch.Tensor:
     if name not in by_name:
         raise MetarunError(f"the Omniglot split names character {name}, which the data set lacks")
     return by_name[name]
-
-
-def _download(root: Path) -> None:
-    """Fetch the official zips with torchvision."""
-    from torchvision.datasets import Omniglot
-    from torchvision.datasets.utils import download_url
-
-    fix = "copy images_background.zip and images_evaluation.zip there and set data.download=false"
-    with downloading("Omniglot", root, fix):
-        for part in PARTS:
-            if not (root / f"{part}.zip").exists() and not (root / part).exists():
-                download_url(f"{Omniglot.download_url_prefix}/{part}.zip", str(root))
