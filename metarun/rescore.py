@@ -26,7 +26,7 @@ USAGE = ("usage: metarun-eval run=<run folder> [episode=5way_1shot] [episode.sho
          "[data.root=...] [eval_data=<another data set> eval_data.root=...]")
 
 # Keys an evaluation may change: the episodes it scores on and how it computes them.
-EVALUATION_KEYS = ("episode.", "data.", "eval_data", "eval_seed", "device", "deterministic", "malloc", "algo.eval_", "logger.",
+EVALUATION_KEYS = ("episode.", "data.", "eval_data", "eval_seed", "device", "deterministic", "malloc", "algo.eval_", "algo.finetune", "logger.",
                    "trainer.test_episodes", "trainer.test_weights", "trainer.eval_batch_size", "trainer.eval_batch_norm",
                    "trainer.precision", "trainer.channels_last", "trainer.max_images_per_pass", "trainer.progress",
                    "trainer.resume")
@@ -131,7 +131,7 @@ def check_changes(trained: dict, now: dict) -> None:
     if changed:
         raise MetarunError(f"metarun-eval scores the run's trained model, so {', '.join(changed)} cannot change; "
                            "only episode.*, data.*, eval_data, eval_seed, device, trainer.test_episodes, trainer.eval_batch_size, "
-                           "trainer.precision and algo.eval_* can")
+                           "trainer.precision, algo.eval_* and algo.finetune* can")
 
 
 if __name__ == "__main__":

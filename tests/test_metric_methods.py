@@ -68,10 +68,10 @@ def test_baseline_pretrains_a_classifier_of_every_training_class_on_the_global_c
     torch.testing.assert_close(algorithm.step(batch, train=True).metrics["loss"], expected.detach())
 
 
-@pytest.mark.parametrize("head", ["linear", "cosine"])
-def test_fine_tuning_at_evaluation_leaves_the_backbone_unchanged_and_fits_the_support_set(head):
+@pytest.mark.parametrize("head, finetune", [("linear", "head"), ("cosine", "head"), ("linear", "all")])
+def test_fine_tuning_at_evaluation_leaves_the_backbone_unchanged_and_fits_the_support_set(head, finetune):
     batch = float_batch(tasks=3, ways=3, shots=2)
-    algorithm = Baseline(tiny_conv(), task=Classification(classes=12), head=head, finetune_lr=0.1).eval()
+    algorithm = Baseline(tiny_conv(), task=Classification(classes=12), head=head, finetune_lr=0.1, finetune=finetune).eval()
     before = {name: value.clone() for name, value in algorithm.state_dict().items()}
     support_as_query = type(batch)(batch.support_x, batch.support_y, batch.support_x, batch.support_y, batch.classes)
     losses = []
@@ -81,6 +81,20 @@ def test_fine_tuning_at_evaluation_leaves_the_backbone_unchanged_and_fits_the_su
             losses.append(algorithm.step(support_as_query, train=False).metrics["loss"])
     assert all(torch.equal(value, before[name]) for name, value in algorithm.state_dict().items())
     assert (losses[1] < losses[0]).all()  # the new heads learned the support set
+
+
+def test_fine_tuning_the_backbone_too_changes_the_episodes_features():
+    batch = float_batch(tasks=2, ways=3, shots=2)
+    scores = {}
+    for finetune in ("head", "all"):
+        torch.manual_seed(0)
+        algorithm = Baseline(tiny_conv(), task=Classification(classes=12), finetune_lr=0.1, finetune_epochs=20, finetune=finetune).eval()
+        with torch.no_grad():
+            scores[finetune] = algorithm.step(batch, train=False).predictions[0]
+    assert scores["all"].shape == scores["head"].shape == (2, batch.query_y.shape[1], 3)
+    assert not torch.allclose(scores["all"], scores["head"])
+    with pytest.raises(MetarunError, match="algo.finetune='body' is not known"):
+        Baseline(tiny_conv(), task=Classification(classes=12), finetune="body")
 
 
 def test_baseline_plus_plus_logits_are_scaled_cosines():

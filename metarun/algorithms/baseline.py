@@ -3,6 +3,7 @@ pre-train a classifier of every training class, then fit a new head per test epi
 
 from __future__ import annotations
 
+import copy
 from typing import Literal
 
 import torch
@@ -24,14 +25,23 @@ class Baseline(Algorithm):
     on each episode's support features: linear (Baseline) or scaled cosine (Baseline++), with
     `finetune_epochs` passes of SGD over the support set in minibatches of `finetune_batch_size`
     (momentum 0.9, dampening 0.9, weight decay 1e-3: the paper's code).
+
+    finetune: "head" fits only the new head; "all" also fine-tunes a copy of the backbone on each
+    episode's support images, as BSCD-FSL's fine-tuning baseline (Guo et al. 2020) does for
+    cross-domain tests (batch norm keeps its running statistics; much slower: a backward through
+    the backbone per minibatch and episode).
     """
 
     def __init__(self, backbone: nn.Module, task: Task | None = None, head: Head = "linear", finetune_epochs: int = 100,
-                 finetune_lr: float = 0.01, finetune_batch_size: int = 4, scale: float = 10.0):
+                 finetune_lr: float = 0.01, finetune_batch_size: int = 4, scale: float = 10.0,
+                 finetune: Literal["head", "all"] = "head"):
         super().__init__()
         task = classification(task, "baseline")
         if head not in ("linear", "cosine"):
             raise MetarunError(f"algo.head={head!r} is not known; use linear (Baseline) or cosine (Baseline++)")
+        if finetune not in ("head", "all"):
+            raise MetarunError(f"algo.finetune={finetune!r} is not known; use head or all (the backbone too)")
+        self.finetune_all = finetune == "all"
         if not task.classes:
             raise MetarunError("algo=baseline needs the number of training classes, which this data set does not give")
         self.task = task
@@ -46,6 +56,11 @@ class Baseline(Algorithm):
     def step(self, batch: EpisodeBatch, train: bool) -> StepOutput:
         if train:
             return self._pretrain(batch)
+        logits = self._finetuned_logits(batch) if self.finetune_all else self._head_logits(batch)  # [T, N*Q, N]
+        loss = F.cross_entropy(logits.transpose(1, 2), batch.query_y, reduction="none").mean(1)
+        return StepOutput(loss.mean(), {"loss": loss, **self.task.metrics(logits, batch.query_y)}, {0: logits})
+
+    def _head_logits(self, batch: EpisodeBatch) -> Tensor:
         with torch.no_grad():  # the backbone stays as meta-training left it
             support, query = self._embed(batch)
         # The trainer evaluates under no_grad; the new heads still learn, on float32 features
@@ -53,9 +68,31 @@ class Baseline(Algorithm):
         with torch.enable_grad(), float32(support.device):
             heads = self.finetune(support.detach(), batch.support_y, batch.ways)
         with torch.no_grad(), float32(support.device):
-            logits = heads(query)  # [T, N*Q, N]
-            loss = F.cross_entropy(logits.transpose(1, 2), batch.query_y, reduction="none").mean(1)
-        return StepOutput(loss.mean(), {"loss": loss, **self.task.metrics(logits, batch.query_y)}, {0: logits})
+            return heads(query)
+
+    def _finetuned_logits(self, batch: EpisodeBatch) -> Tensor:
+        """finetune=all: per episode, a copy of the backbone and a new head trained together on its
+        support images; the algorithm's own backbone is never touched."""
+        generator = torch.Generator().manual_seed(0)  # as `finetune`: each evaluation repeats exactly
+        logits = []
+        for t in range(batch.tasks):
+            backbone = copy.deepcopy(self.backbone)
+            head = EpisodeHeads(self.head, backbone.out_features, batch.ways, self.scale, generator=generator)
+            head = head.to(batch.support_x.device)
+            parameters = [p for p in [*backbone.parameters(), *head.parameters()] if p.requires_grad]
+            optimizer = torch.optim.SGD(parameters, lr=self.finetune_lr, momentum=0.9, dampening=0.9, weight_decay=1e-3)
+            images, labels = batch.support_x[t], batch.support_y[t]
+            with torch.enable_grad():
+                for _ in range(self.finetune_epochs):
+                    order = torch.rand(len(labels), generator=generator).argsort().to(labels.device)
+                    for chosen in order.split(self.finetune_batch_size):
+                        scores = head(full(backbone(images[chosen]))[None])[0]
+                        optimizer.zero_grad(set_to_none=True)
+                        F.cross_entropy(scores, labels[chosen]).backward()
+                        optimizer.step()
+            with torch.no_grad():
+                logits.append(head(full(backbone(batch.query_x[t]))[None])[0])
+        return torch.stack(logits)
 
     def _pretrain(self, batch: EpisodeBatch) -> StepOutput:
         """Cross-entropy over every training class for each image of the meta-batch."""
