@@ -26,7 +26,8 @@ USAGE = ("usage: metarun-eval run=<run folder> [episode=5way_1shot] [episode.sho
          "[data.root=...] [eval_data=<another data set> eval_data.root=...]")
 
 # Keys an evaluation may change: the episodes it scores on and how it computes them.
-EVALUATION_KEYS = ("episode.", "data.", "eval_data", "eval_seed", "device", "deterministic", "malloc", "algo.eval_", "algo.finetune", "logger.",
+EVALUATION_KEYS = ("episode.", "data.", "eval_data", "eval_seed", "device", "deterministic", "malloc", "algo.eval_",
+                   "algo.finetune", "logger.",
                    "trainer.test_episodes", "trainer.test_weights", "trainer.eval_batch_size", "trainer.eval_batch_norm",
                    "trainer.precision", "trainer.channels_last", "trainer.max_images_per_pass", "trainer.progress",
                    "trainer.resume")
