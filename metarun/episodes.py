@@ -201,6 +201,11 @@ class FixedEpisodes:
     def __len__(self) -> int:
         return self.draws[0].shape[0]
 
+    def groups(self) -> tuple[str, Tensor] | None:
+        """(axis, each episode's group [E]) where the source groups its episodes (data=multi_source: by
+        source), for metrics per group; None otherwise."""
+        return self.source.groups(self.draws) if hasattr(self.source, "groups") else None
+
     def batches(self, tasks_per_batch: int) -> Iterator[EpisodeBatch]:
         for start in range(0, len(self), tasks_per_batch):
             draws = tuple(drawn[start : start + tasks_per_batch] for drawn in self.draws)

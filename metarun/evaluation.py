@@ -28,14 +28,27 @@ def evaluate(algorithm: Algorithm, episodes: FixedEpisodes, compute: Compute, ba
     per_episode = defaultdict(list)
     per_pass = compute.eval_tasks_per_pass or batch_size
     statistics = batch_statistics(algorithm) if batch_norm == "batch" else nullcontext()
+    groups = episodes.groups()
     with torch.no_grad(), compute.autocast(), statistics:
         for index, batch in enumerate(episodes.batches(per_pass)):
             if distributed.owns(index):
-                for name, values in algorithm.step(batch, train=False).metrics.items():
+                metrics = algorithm.step(batch, train=False).metrics
+                if groups is not None:
+                    axis, ids = groups
+                    metrics |= by_group(metrics, axis, ids[index * per_pass : index * per_pass + batch.tasks])
+                for name, values in metrics.items():
                     per_episode[name].append(values)
     algorithm.train()
     per_episode = distributed.gather_episodes(per_episode)
     return {name: torch.cat(values).cpu() for name, values in per_episode.items()}
+
+
+def by_group(metrics: dict[str, Tensor], axis: str, groups: Tensor) -> dict[str, Tensor]:
+    """Each metric of a batch's episodes [T] also for each group among them, as "<metric>@<axis>=<g>"
+    (results.summarize makes "acc@source=1" part of "acc_by_source")."""
+    groups = groups.to(next(iter(metrics.values())).device)
+    return {f"{name}@{axis}={int(g)}": values[groups == g] for name, values in metrics.items() if "@" not in name
+            for g in groups.unique()}
 
 
 def evaluate_ensemble(algorithm: Algorithm, weights: list[dict], episodes: FixedEpisodes, compute: Compute, batch_size: int,
