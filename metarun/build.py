@@ -21,15 +21,16 @@ from metarun.data import DataSplits
 from metarun.data.augment import Augmentation
 from metarun.data.cross_domain import AsInputOf
 from metarun.distributed import Distributed, SingleProcess
-from metarun.episodes import EpisodeSampler, EpisodeSpec, FixedEpisodes
+from metarun.episodes import EpisodeSampler, EpisodeSpec, FixedEpisodes, VariableRules
 from metarun.errors import MetarunError
 from metarun.loggers import NullLogger
+from metarun.loop_settings import LoopSettings
 from metarun.memory import plan_passes
 from metarun.models.pretrained import Frozen, load_weights
 from metarun.pictures import RunPictures
 from metarun.tasks import Task
-from metarun.loop_settings import LoopSettings
 from metarun.trainer import Trainer
+from metarun.variable_episodes import FixedVariableEpisodes, VariableSampler
 
 
 def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> dict:
@@ -62,17 +63,17 @@ def build_trainer(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> Tr
     if distributed.is_main:
         prepare_run_dir(run_dir)
     logger = make(cfg, "logger", log_dir=run_dir / "tb") if distributed.is_main else NullLogger()
-    val_episodes = FixedEpisodes(splits.val, eval_spec, settings.val_episodes, cfg.eval_seed, "val")
+    val_episodes = fixed_episodes(splits.val, eval_spec, settings.val_episodes, cfg.eval_seed, "val")
     pictures = RunPictures(logger, run_dir, compute, val_episodes=val_episodes, is_main=distributed.is_main,
-                           train_episode=FixedEpisodes(splits.train, train_spec, 1, cfg.eval_seed, "picture"),
+                           train_episode=fixed_episodes(splits.train, train_spec, 1, cfg.eval_seed, "picture"),
                            figures=splits.test.figures(eval_spec, cfg.eval_seed))
     return Trainer(
         algorithm=algorithm,
         optimizer=optimizer,
         scheduler=scheduler,
-        sampler=EpisodeSampler(splits.train, train_spec, cfg.seed, repeat_every=settings.overfit_batches),
+        sampler=training_sampler(splits.train, train_spec, cfg.seed, settings.overfit_batches),
         val_episodes=val_episodes,
-        test_episodes=FixedEpisodes(splits.test, eval_spec, settings.test_episodes, cfg.eval_seed, "test"),
+        test_episodes=fixed_episodes(splits.test, eval_spec, settings.test_episodes, cfg.eval_seed, "test"),
         settings=settings,
         run_dir=run_dir,
         logger=logger,
@@ -108,6 +109,20 @@ def model_and_data(cfg: DictConfig, choices: dict[str, str], device: torch.devic
     return splits, algorithm, compute
 
 
+def training_sampler(source, spec: EpisodeSpec, seed: int, repeat_every: int = 0) -> EpisodeSampler | VariableSampler:
+    """The seeded, resumable sampler of training episodes: fixed N-way K-shot, or Meta-Dataset's variable ones."""
+    if spec.variable:
+        return VariableSampler(source, spec.variable, seed, repeat_every)
+    return EpisodeSampler(source, spec, seed, repeat_every=repeat_every)
+
+
+def fixed_episodes(source, spec: EpisodeSpec, count: int, seed: int, purpose: str) -> FixedEpisodes | FixedVariableEpisodes:
+    """`count` evaluation episodes drawn once from (seed, purpose)."""
+    if spec.variable:
+        return FixedVariableEpisodes(source, spec.variable, count, seed, purpose)
+    return FixedEpisodes(source, spec, count, seed, purpose)
+
+
 def load_splits(cfg: DictConfig, train_spec: EpisodeSpec, eval_spec: EpisodeSpec, choices: dict[str, str]) -> DataSplits:
     """The data set's splits, the validation classes joined to training's under train_on_val=true,
     validation and test from eval_data if given (cross-domain), checked against the episodes they must supply."""
@@ -121,6 +136,9 @@ def load_splits(cfg: DictConfig, train_spec: EpisodeSpec, eval_spec: EpisodeSpec
                                f"data={choices.get('data')} is not image classification")
         other = load_data(cfg, "eval_data")
         splits = DataSplits(splits.train, AsInputOf(other.val, trained_on), AsInputOf(other.test, trained_on))
+    if train_spec.variable and not all(hasattr(split, "min_images_per_class") for _, split in splits.items()):
+        raise MetarunError(f"episode=variable draws classes with their images; data={choices.get('data')} has classes of modes "
+                           "or no classes: use fixed episodes")
     check_splits(splits, train_spec, eval_spec, choices.get("data", "the data set"), choices.get("eval_data"))
     return splits
 
@@ -142,7 +160,10 @@ def resolve_compute(settings: LoopSettings, device: torch.device, input_shape: t
 def plan_memory(compute: Compute, settings: LoopSettings, algorithm, splits: DataSplits, train_spec: EpisodeSpec,
                 eval_spec: EpisodeSpec, seed: int, distributed: SingleProcess) -> Compute:
     """`compute` with the tasks per pass that trainer.max_images_per_pass allows (auto: one training task
-    measured); rank 0's plan for every process, so all evaluate the same batches."""
+    measured); rank 0's plan for every process, so all evaluate the same batches. Episodes of
+    different shapes (episode=variable) go one per pass."""
+    if train_spec.variable:
+        return dataclasses.replace(compute, tasks_per_pass=1, eval_tasks_per_pass=1)
     probe = next(FixedEpisodes(splits.train, train_spec, 1, seed, "memory probe").batches(1))
     plan = plan_passes(settings.max_images_per_pass, algorithm, probe, compute, settings.meta_batch_size,
                        settings.eval_batch_size, eval_spec.ways * eval_spec.images_per_class)
@@ -165,6 +186,9 @@ def build_algorithm(cfg: DictConfig, input_shape: tuple[int, ...], task: Task, d
     if cfg.episode.get("protocol") == "sequence" and not algorithm.reads_sequences:
         raise MetarunError(f"episode.protocol=sequence episodes have no support set, and algo={choices.get('algo')} "
                            "needs one; use a sequence learner (mann, lstm, snail)")
+    if cfg.episode.get("protocol") == "variable" and not algorithm.variable_episodes:
+        raise MetarunError(f"episode=variable episodes differ in ways and shots, and algo={choices.get('algo')} needs them "
+                           "fixed; use protonet, matchingnet, baseline or baselinepp")
     if not any(p.requires_grad for p in algorithm.parameters()):
         raise MetarunError(f"backbone.freeze=true leaves algo={choices.get('algo')} nothing to train; "
                            "freeze the backbone only for methods with a head (baseline, maml, anil, ...)")
@@ -217,10 +241,17 @@ def loop_settings(trainer: DictConfig) -> LoopSettings:
 
 def episode_specs(episode: DictConfig) -> tuple[EpisodeSpec, EpisodeSpec]:
     """(training episodes, evaluation episodes): training may use more ways or other query counts.
-    Under episode.protocol=sequence both are sequences of `instances` images of each of `ways` classes."""
+    Under episode.protocol=sequence both are sequences of `instances` images of each of `ways` classes;
+    under variable (episode=variable), Meta-Dataset's episodes of their own ways and shots."""
     protocol = episode.get("protocol", "standard")
-    if protocol not in ("standard", "sequence"):
-        raise MetarunError(f"episode.protocol={protocol!r} is not known; use standard or sequence")
+    if protocol not in ("standard", "sequence", "variable"):
+        raise MetarunError(f"episode.protocol={protocol!r} is not known; use standard, sequence or variable")
+    if protocol == "variable":  # ways and queries: the fewest ways and the most queries per class
+        def rules(ways: int, queries: int) -> VariableRules:
+            return VariableRules(ways, episode.max_ways, queries, episode.max_support, episode.max_shots)
+
+        return (EpisodeSpec(episode.train_ways, 1, 1, variable=rules(episode.train_ways, episode.train_queries)),
+                EpisodeSpec(episode.ways, 1, 1, variable=rules(episode.ways, episode.queries)))
     if protocol == "sequence":
         return (EpisodeSpec(episode.train_ways, 0, episode.instances, sequence=True),
                 EpisodeSpec(episode.ways, 0, episode.instances, sequence=True))

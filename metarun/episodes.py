@@ -19,17 +19,33 @@ from metarun.tasks import Task
 
 
 @dataclass(frozen=True)
+class VariableRules:
+    """Meta-Dataset's defaults: 5 to 50 ways, at most 10 queries per class, a support set of at
+    most 500 images and 100 per class."""
+
+    min_ways: int = 5
+    max_ways: int = 50
+    max_queries: int = 10
+    max_support: int = 500
+    max_shots: int = 100
+
+
+@dataclass(frozen=True)
 class EpisodeSpec:
     """N-way K-shot episodes with Q queries per class.
 
     sequence: Santoro et al.'s protocol (episode.protocol=sequence): no support set, and the Q
     images of each class (episode.instances) come as one sequence in a random order, to be read
-    one at a time, each label given one step after its image."""
+    one at a time, each label given one step after its image.
+    variable: Meta-Dataset's rules (episode=variable; metarun.variable_episodes): every episode
+    draws its own ways and shots; ways and queries here are then the fewest ways and the most
+    queries per class, for the splits' checks."""
 
     ways: int
     shots: int
     queries: int
     sequence: bool = False
+    variable: VariableRules | None = None
 
     @property
     def images_per_class(self) -> int:

@@ -28,16 +28,17 @@ def evaluate(algorithm: Algorithm, episodes: FixedEpisodes, compute: Compute, ba
     per_episode = defaultdict(list)
     per_pass = compute.eval_tasks_per_pass or batch_size
     statistics = batch_statistics(algorithm) if batch_norm == "batch" else nullcontext()
-    groups = episodes.groups()
+    groups, start = episodes.groups(), 0
     with torch.no_grad(), compute.autocast(), statistics:
         for index, batch in enumerate(episodes.batches(per_pass)):
             if distributed.owns(index):
                 metrics = algorithm.step(batch, train=False).metrics
                 if groups is not None:
                     axis, ids = groups
-                    metrics |= by_group(metrics, axis, ids[index * per_pass : index * per_pass + batch.tasks])
+                    metrics |= by_group(metrics, axis, ids[start : start + batch.tasks])
                 for name, values in metrics.items():
                     per_episode[name].append(values)
+            start += batch.tasks
     algorithm.train()
     per_episode = distributed.gather_episodes(per_episode)
     return {name: torch.cat(values).cpu() for name, values in per_episode.items()}

@@ -52,7 +52,9 @@ def framed(images: Tensor, colours: Tensor, frame: int) -> Tensor:
 
 def is_image_episode(batch: EpisodeBatch) -> bool:
     """Classification of images [C, H, W]: the episodes a grid can show."""
-    return batch.classes is not None and batch.support_x.dim() == 5 and batch.support_x.shape[1] > 0  # not a sequence
+    if batch.classes is None or batch.support_x.dim() != 5 or batch.support_x.shape[1] == 0:  # regression, or a sequence
+        return False
+    return bool((batch.support_y[0].bincount() == batch.support_x.shape[1] // batch.ways).all())  # as many shots per class
 
 
 class RunPictures:

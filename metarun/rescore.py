@@ -63,9 +63,8 @@ def parse_arguments(args: list[str]) -> tuple[Path, list[str]]:
 def rescore(run: Path, overrides: list[str]) -> tuple[dict, Path]:
     """Score the run's best weights on the test episodes its config plus `overrides` describe;
     returns the results and the eval_<setting>.json they were written to."""
-    from metarun.build import check_settings, episode_specs, loop_settings, model_and_data, resolve_device
+    from metarun.build import check_settings, episode_specs, fixed_episodes, loop_settings, model_and_data, resolve_device
     from metarun.distributed import SingleProcess
-    from metarun.episodes import FixedEpisodes
     from metarun.evaluation import evaluate
     from metarun.results import summarize, write_json
 
@@ -82,7 +81,7 @@ def rescore(run: Path, overrides: list[str]) -> tuple[dict, Path]:
     # A train_on_val run's heads count the validation classes too: the data are loaded as training did.
     splits, algorithm, compute = model_and_data(cfg, choices, device, settings, train_spec, eval_spec, SingleProcess(),
                                                 weights, (metadata.get("input") or {}).get("shape"))
-    episodes = FixedEpisodes(splits.test, eval_spec, settings.test_episodes, cfg.eval_seed, "test")
+    episodes = fixed_episodes(splits.test, eval_spec, settings.test_episodes, cfg.eval_seed, "test")
     metric = splits.task.monitor
     setting = {"data": choices.get("eval_data") or choices.get("data"), "ways": eval_spec.ways, "shots": eval_spec.shots,
                "queries": eval_spec.queries, "episodes": settings.test_episodes, "eval_seed": cfg.eval_seed}

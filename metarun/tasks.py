@@ -6,8 +6,8 @@ the trainer takes the metric it selects the best weights by. Neither branches on
 
 from __future__ import annotations
 
-from torch import Tensor
 import torch.nn.functional as F
+from torch import Tensor
 
 from metarun.compute import full
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from tests.helpers import CONFIGS_EXPERIMENTS, metarun, results_under

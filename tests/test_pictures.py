@@ -7,8 +7,7 @@ from tensorboard.backend.event_processing.event_accumulator import IMAGES, Event
 
 from metarun.build import train
 from metarun.pictures import RIGHT, SUPPORT, WRONG, episode_grid
-from tests.helpers import compose_run
-from tests.helpers import random_batch
+from tests.helpers import compose_run, random_batch
 
 
 def test_the_episode_grid_has_a_row_per_class_and_a_column_per_image():

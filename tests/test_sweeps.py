@@ -4,11 +4,11 @@ metarun-report over a sweep folder. The plugins are the [sweep] and [slurm] extr
 
 from __future__ import annotations
 
-import pytest
-import yaml
 import hydra_plugins.hydra_joblib_launcher  # noqa: F401  (the extras: an ImportError fails the module)
 import hydra_plugins.hydra_optuna_sweeper  # noqa: F401
 import hydra_plugins.hydra_submitit_launcher  # noqa: F401
+import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 from PIL import Image
 

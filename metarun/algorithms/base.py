@@ -48,6 +48,8 @@ class Algorithm(nn.Module, ABC):
     inner_loop: bool = False
     # Whether it can read episode.protocol=sequence episodes (no support set; metarun.algorithms.sequences).
     reads_sequences: bool = False
+    # Whether it takes episodes of any ways and unbalanced shots (episode=variable; metarun.variable_episodes).
+    variable_episodes: bool = False
 
     @abstractmethod
     def step(self, batch: EpisodeBatch, train: bool) -> StepOutput:

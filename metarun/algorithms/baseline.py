@@ -32,6 +32,8 @@ class Baseline(Algorithm):
     the backbone per minibatch and episode).
     """
 
+    variable_episodes = True  # it reads labels, not shapes
+
     def __init__(self, backbone: nn.Module, task: Task | None = None, head: Head = "linear", finetune_epochs: int = 100,
                  finetune_lr: float = 0.01, finetune_batch_size: int = 4, scale: float = 10.0,
                  finetune: Literal["head", "all"] = "head"):

@@ -30,6 +30,8 @@ class MatchingNet(Algorithm):
     (AntreasAntoniou/MatchingNetworks, zergylord/oneshot).
     """
 
+    variable_episodes = True  # it reads labels, not shapes
+
     def __init__(self, backbone: nn.Module, task: Task | None = None, full_context_embeddings: bool = False,
                  processing_steps: int = 5, temperature: float = 1.0, similarity: Similarity = "cosine"):
         super().__init__()

@@ -12,6 +12,8 @@ from metarun.tasks import Task
 class ProtoNet(Algorithm):
     """Logits are negative squared Euclidean distances from query embeddings to prototypes."""
 
+    variable_episodes = True  # it reads labels, not shapes
+
     def __init__(self, backbone: nn.Module, task: Task | None = None):
         super().__init__()
         self.task = classification(task, "protonet")

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metarun.algorithms.base import Algorithm, StepOutput, classification, embed_episodes
-from metarun.episodes import EpisodeBatch
 from metarun.compute import full
+from metarun.episodes import EpisodeBatch
 from metarun.errors import MetarunError
 from metarun.tasks import Task
 

@@ -17,13 +17,13 @@ from metarun.episodes import EpisodeBatch
 from metarun.errors import MetarunError
 from metarun.tasks import Classification
 
-PROTOCOLS = ("standard", "sequence")
+PROTOCOLS = ("standard", "sequence", "variable")
 
 
 def check_protocol(protocol: str) -> bool:
-    """Whether `protocol` (episode.protocol) is the sequence protocol; one line if it is neither."""
+    """Whether `protocol` (episode.protocol) is the sequence protocol; one line if it is not known."""
     if protocol not in PROTOCOLS:
-        raise MetarunError(f"episode.protocol={protocol!r} is not known; use standard or sequence")
+        raise MetarunError(f"episode.protocol={protocol!r} is not known; use standard, sequence or variable")
     return protocol == "sequence"
 
 

@@ -37,6 +37,14 @@ class AsInputOf:
         return tuple(self.input_format["shape"])
 
     @property
+    def num_classes(self) -> int:
+        return self.source.num_classes
+
+    @property
+    def min_images_per_class(self) -> int:
+        return self.source.min_images_per_class
+
+    @property
     def device(self) -> torch.device:
         return self.source.device
 

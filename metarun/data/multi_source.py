@@ -76,6 +76,15 @@ class MultiSource:
                 "sources": self.names}
 
     @property
+    def num_classes(self) -> int:
+        """The fewest classes of a source: what an episode's ways must fit (task.classes counts them all)."""
+        return min(split.num_classes for split in self.splits)
+
+    @property
+    def min_images_per_class(self) -> int:
+        return min(split.min_images_per_class for split in self.splits)
+
+    @property
     def device(self) -> torch.device:
         return self.splits[0].device
 
