@@ -188,7 +188,7 @@ def build_algorithm(cfg: DictConfig, input_shape: tuple[int, ...], task: Task, d
                            "needs one; use a sequence learner (mann, lstm, snail)")
     if cfg.episode.get("protocol") == "variable" and not algorithm.variable_episodes:
         raise MetarunError(f"episode=variable episodes differ in ways and shots, and algo={choices.get('algo')} needs them "
-                           "fixed; use protonet, matchingnet, baseline or baselinepp")
+                           "fixed; use protonet, matchingnet, baseline, baselinepp or the MAML family (maml, fomaml, anil, metasgd, mamlpp)")
     if not any(p.requires_grad for p in algorithm.parameters()):
         raise MetarunError(f"backbone.freeze=true leaves algo={choices.get('algo')} nothing to train; "
                            "freeze the backbone only for methods with a head (baseline, maml, anil, ...)")

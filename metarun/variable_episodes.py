@@ -13,7 +13,8 @@ Meta-Dataset takes n per class; metarun's splits hold the same count for every c
 
 A meta-batch of such episodes is an EpisodeList: the trainer passes it one episode at a time (each
 an EpisodeBatch of one task, support set class by class, unbalanced), so methods that take labels
-rather than shapes (ProtoNet, Matching Networks, Baseline) run on it unchanged.
+rather than shapes (ProtoNet, Matching Networks, Baseline) run on it unchanged, and MAML with a head
+of the most ways, of which each episode scores its first N outputs.
 """
 
 from __future__ import annotations

@@ -59,6 +59,8 @@ def test_every_episode_setting_composes(episode):
     expected = f"sinusoid_{evaluation.shots}shot" if episode.startswith("sinusoid") else f"{evaluation.ways}way_{evaluation.shots}shot"
     if evaluation.sequence:
         expected = f"sequence_{evaluation.ways}way"
+    if evaluation.variable:
+        expected = "variable"
     assert expected == episode
     assert train.ways == evaluation.ways
 

@@ -72,7 +72,19 @@ def test_protonet_trains_and_tests_on_variable_episodes(tmp_path):
     assert results["test"]["episodes"] == 8 and 0 <= results["test"]["acc"] <= 1
 
 
-@pytest.mark.parametrize("algo", ["maml", "snail"])
+def test_maml_scores_each_episode_with_its_first_ways_outputs_of_a_head_of_the_most_ways(tmp_path):
+    cfg, choices = compose_run(["debug=smoke", "logger=none", "algo=maml", "episode=variable", "episode.max_ways=8",
+                                "episode.queries=4"])
+    trainer = build_trainer(cfg, tmp_path, choices)
+    assert trainer.algorithm.net[1].out_features == 8
+    batch = next(trainer.test_episodes.batches(1))
+    with torch.no_grad():
+        output = trainer.algorithm.eval().step(batch, train=False)
+    assert output.predictions[cfg.algo.eval_inner_steps].shape == (1, batch.query_y.shape[1], batch.ways)
+    assert 0 <= trainer.fit()["test"]["acc"] <= 1
+
+
+@pytest.mark.parametrize("algo", ["reptile", "snail"])
 def test_a_method_that_needs_fixed_ways_and_shots_is_refused_in_one_line(algo, tmp_path):
     cfg, choices = compose_run(["debug=smoke", "logger=none", f"algo={algo}", "episode=variable"])
     with pytest.raises(MetarunError, match="episode=variable episodes differ in ways and shots"):

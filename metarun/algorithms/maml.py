@@ -59,6 +59,7 @@ class MAML(Algorithm):
     """
 
     inner_loop = True
+    variable_episodes = True  # a head of episode.max_ways outputs; an episode of N ways scores the first N
 
     def __init__(
         self,
@@ -119,7 +120,8 @@ class MAML(Algorithm):
 
     def step(self, batch: EpisodeBatch, train: bool) -> StepOutput:
         steps = self.inner_steps if train else self.eval_inner_steps
-        task = partial(self.task_loss, steps=steps, train=train)
+        ways = batch.ways if batch.classes is not None else None  # episode=variable: fewer than the head's outputs
+        task = partial(self.task_loss, steps=steps, train=train, ways=ways)
         return self.run_tasks(task, (batch.support_x, batch.support_y, batch.query_x, batch.query_y), train)
 
     def end_meta_step(self) -> None:
@@ -130,12 +132,14 @@ class MAML(Algorithm):
         params = [p for p in self.parameters() if p.requires_grad]
         return run_per_task(task, inputs, params, self.task_batching, train)
 
-    def task_loss(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor, steps: int, train: bool) -> TaskOutput:
+    def task_loss(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor, steps: int, train: bool,
+                  ways: int | None = None) -> TaskOutput:
         """Adapt on one task's support set, score its query set.
 
         support_x: [N*K, ...], query_x: [N*Q, ...]. The objective is the query loss after
         `steps` inner steps, or the multi-step mix; at evaluation the metrics are recorded after
-        the last step ("acc@<steps>") and, with eval_curve, after the first ten.
+        the last step ("acc@<steps>") and, with eval_curve, after the first ten. `ways`: the
+        episode's classes, scored by the head's first `ways` outputs (the rest masked out).
         """
         support, query = self.features(support_x), self.features(query_x)
         weights = self.query_loss_weights(steps) if train else None
@@ -145,7 +149,7 @@ class MAML(Algorithm):
         for k in range(steps + 1):
             scored = weights[k] > 0 if train else self.recorded(k, steps)
             if scored:
-                out = self.forward_at(fast, query, k)
+                out = self.forward_at(fast, query, k, ways)
                 loss = self.task.loss(out, query_y)
                 if train:
                     objective = objective + weights[k] * loss
@@ -153,7 +157,7 @@ class MAML(Algorithm):
                     metrics |= step_metrics(self.task, out, query_y, loss, k)
                     predictions[k] = full(out.detach())
             if k < steps:
-                fast = self.inner_update(fast, support, support_y, k, first_order)
+                fast = self.inner_update(fast, support, support_y, k, first_order, ways)
         metrics |= {"loss": loss.detach(), **self.task.metrics(out.detach(), query_y)}
         if train:
             return TaskOutput(objective, metrics, {})
@@ -173,20 +177,21 @@ class MAML(Algorithm):
         """The parameters the inner loop adapts, at their meta-learned initial values."""
         return {name: p for name, p in self.learner.named_parameters() if p.requires_grad}
 
-    def forward_at(self, fast: Params, x: Tensor, k: int) -> Tensor:
-        """The learner with the fast weights, after k inner steps (per-step batch norm reads k)."""
-        if self.step_norms is None:
-            return functional_call(self.learner, fast, (x,))
-        last = self.inner_steps
-        norms = {name: self.step_norms[param_key(name)][min(k, last)] for name in self._norm_names}
-        return functional_call(self.learner, {**fast, **norms}, (x,))
+    def forward_at(self, fast: Params, x: Tensor, k: int, ways: int | None = None) -> Tensor:
+        """The learner with the fast weights, after k inner steps (per-step batch norm reads k);
+        with `ways`, only the scores of the head's first `ways` classes."""
+        norms = {}
+        if self.step_norms is not None:
+            norms = {name: self.step_norms[param_key(name)][min(k, self.inner_steps)] for name in self._norm_names}
+        out = functional_call(self.learner, {**fast, **norms}, (x,))
+        return out if ways is None else out[..., :ways]
 
-    def inner_update(self, fast: Params, x: Tensor, y: Tensor, k: int, first_order: bool) -> Params:
+    def inner_update(self, fast: Params, x: Tensor, y: Tensor, k: int, first_order: bool, ways: int | None = None) -> Params:
         """One SGD step on the support loss. First order: the gradient is a constant, computed
         without an outer graph, so the query gradient passes straight through to the initial
         weights. torch.func.grad rather than torch.autograd.grad: the same code runs under vmap,
         and it computes inner gradients under the trainer's torch.no_grad() at evaluation."""
-        support_grad = grad(partial(self._support_loss, k=k))
+        support_grad = grad(partial(self._support_loss, k=k, ways=ways))
         if first_order:
             with torch.no_grad():
                 grads = support_grad(fast, x, y)
@@ -197,14 +202,14 @@ class MAML(Algorithm):
     def inner_rate(self, name: str, k: int) -> Tensor | float:
         return self.inner_lr if self.inner_lrs is None else self.inner_lrs.rate(name, k)
 
-    def adapt(self, fast: Params, x: Tensor, y: Tensor, steps: int) -> Params:
+    def adapt(self, fast: Params, x: Tensor, y: Tensor, steps: int, ways: int | None = None) -> Params:
         """`steps` inner updates on (x, y), differentiable unless first order."""
         for k in range(steps):
-            fast = self.inner_update(fast, x, y, k, self.first_order)
+            fast = self.inner_update(fast, x, y, k, self.first_order, ways)
         return fast
 
-    def _support_loss(self, fast: Params, x: Tensor, y: Tensor, k: int = 0) -> Tensor:
-        return self.task.loss(self.forward_at(fast, x, k), y) * self.inner_loss_scale
+    def _support_loss(self, fast: Params, x: Tensor, y: Tensor, k: int = 0, ways: int | None = None) -> Tensor:
+        return self.task.loss(self.forward_at(fast, x, k, ways), y) * self.inner_loss_scale
 
     def _per_step_norms(self) -> nn.ParameterDict:
         """MAML++: a copy of every batch-norm weight and bias for each inner step 0..inner_steps.

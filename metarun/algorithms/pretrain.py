@@ -26,9 +26,10 @@ class Pretrain(MAML):
             raise MetarunError("algo=pretrain fits one network to the points of every task, which needs a regression "
                                f"data set (data=sinusoid); this one is a {self.task.name} task")
 
-    def task_loss(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor, steps: int, train: bool) -> TaskOutput:
+    def task_loss(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor, steps: int, train: bool,
+                  ways: int | None = None) -> TaskOutput:
         if not train:
-            return super().task_loss(support_x, support_y, query_x, query_y, steps, train)
+            return super().task_loss(support_x, support_y, query_x, query_y, steps, train, ways)
         x, y = torch.cat([support_x, query_x]), torch.cat([support_y, query_y])
         out = self.net(self.features(x))
         loss = self.task.loss(out, y)
