@@ -37,6 +37,9 @@ def summarize(per_episode: dict[str, Tensor]) -> dict:
             summary.setdefault(f"{curve}_ci95", {})[int(index)] = ci95
         else:
             summary[name], summary[f"{name}_ci95"] = mean, ci95
+    for name, value in summary.items():
+        if isinstance(value, dict):
+            summary[name] = dict(sorted(value.items()))  # steps, instances, sources in order
     summary["episodes"] = next(iter(per_episode.values())).numel()
     return summary
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from metarun.build import build_trainer
-from metarun.data.multi_source import MultiSource, common_format
+from metarun.data.augment import Augmentation
+from metarun.data.multi_source import MultiSource, _load, common_format
 from metarun.data.synthetic import make_synthetic
 from metarun.episodes import EpisodeSampler, EpisodeSpec, FixedEpisodes
 from metarun.errors import MetarunError
@@ -59,6 +60,15 @@ def test_a_multi_source_run_reports_its_test_accuracy_per_source(tmp_path):
     by_source = results["test"]["acc_by_source"]
     assert sorted(by_source) == [0, 1] and results["input"]["sources"] == ["synthetic", "omniglot"]
     assert min(by_source.values()) <= results["test"]["acc"] <= max(by_source.values())
+
+
+def loader_options(**options):
+    return options
+
+
+def test_a_sources_augmentation_settings_reach_its_loader_as_an_augmentation():
+    options = _load({"_target_": "tests.test_multi_source.loader_options", "root": "/data", "augment": {"crop_padding": 4, "flip": True}})
+    assert options == {"root": "/data", "augment": Augmentation(crop_padding=4, flip=True)}
 
 
 def test_an_unknown_source_or_bad_weights_are_one_line(tmp_path):

@@ -43,7 +43,8 @@ def _load(settings: Mapping[str, Any]) -> DataSplits:
     """One source's splits, its augmentation settings made an Augmentation as build.load_data does."""
     options = dict(settings)
     augment = {"augment": Augmentation.from_config(options.pop("augment"))} if "augment" in options else {}
-    return instantiate(options, _recursive_=False, **augment)
+    # Called, not passed to instantiate: Hydra would turn the Augmentation dataclass back into a config.
+    return instantiate(options, _recursive_=False, _partial_=True)(**augment)
 
 
 @dataclass
