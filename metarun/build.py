@@ -30,7 +30,7 @@ from metarun.models.pretrained import Frozen, load_weights
 from metarun.pictures import RunPictures
 from metarun.tasks import Task
 from metarun.trainer import Trainer
-from metarun.variable_episodes import FixedVariableEpisodes, VariableSampler
+from metarun.variable_episodes import FixedVariableEpisodes, variable_meta_batch
 
 
 def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> dict:
@@ -109,11 +109,9 @@ def model_and_data(cfg: DictConfig, choices: dict[str, str], device: torch.devic
     return splits, algorithm, compute
 
 
-def training_sampler(source, spec: EpisodeSpec, seed: int, repeat_every: int = 0) -> EpisodeSampler | VariableSampler:
+def training_sampler(source, spec: EpisodeSpec, seed: int, repeat_every: int = 0) -> EpisodeSampler:
     """The seeded, resumable sampler of training episodes: fixed N-way K-shot, or Meta-Dataset's variable ones."""
-    if spec.variable:
-        return VariableSampler(source, spec.variable, seed, repeat_every)
-    return EpisodeSampler(source, spec, seed, repeat_every=repeat_every)
+    return EpisodeSampler(source, spec, seed, repeat_every, variable_meta_batch if spec.variable else None)
 
 
 def fixed_episodes(source, spec: EpisodeSpec, count: int, seed: int, purpose: str) -> FixedEpisodes | FixedVariableEpisodes:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 import torch
 from torch import Tensor
@@ -173,9 +173,13 @@ def derive_seed(seed: int, purpose: str) -> int:
 
 
 class EpisodeSampler:
-    """Draws meta-batches of training episodes from one split; seeded and resumable."""
+    """Draws meta-batches of training episodes from one split; seeded and resumable.
 
-    def __init__(self, source: EpisodeSource, spec: EpisodeSpec, seed: int, repeat_every: int = 0):
+    meta_batch(source, spec, tasks, generator, share): how a meta-batch is drawn; by default N-way
+    K-shot episodes of `spec` (episode=variable passes metarun.variable_episodes.variable_meta_batch)."""
+
+    def __init__(self, source: EpisodeSource, spec: EpisodeSpec, seed: int, repeat_every: int = 0,
+                 meta_batch: Callable[..., EpisodeBatch] | None = None):
         """repeat_every > 0 cycles through the same `repeat_every` meta-batches (debug=overfit)."""
         self.source = source
         self.spec = spec
@@ -183,6 +187,7 @@ class EpisodeSampler:
         self.repeat_every = repeat_every
         self.initial_state = self.generator.get_state()
         self.drawn = 0
+        self.meta_batch = meta_batch or fixed_meta_batch
 
     def sample(self, tasks: int, share: slice = slice(None)) -> EpisodeBatch:
         """A meta-batch of `tasks` episodes, or only its `share` of them (one process's under
@@ -190,8 +195,7 @@ class EpisodeSampler:
         if self.repeat_every and self.drawn % self.repeat_every == 0:
             self.generator.set_state(self.initial_state)
         self.drawn += 1
-        draws = tuple(drawn[share] for drawn in draw_episodes(self.source, self.spec, tasks, self.generator))
-        return episode_batch(self.source, self.spec, draws)
+        return self.meta_batch(self.source, self.spec, tasks, self.generator, share)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "drawn": self.drawn}
@@ -199,6 +203,13 @@ class EpisodeSampler:
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         self.drawn = state["drawn"]
+
+
+def fixed_meta_batch(source: EpisodeSource, spec: EpisodeSpec, tasks: int, generator: torch.Generator,
+                     share: slice = slice(None)) -> EpisodeBatch:
+    """`tasks` episodes of `spec`, or their `share`."""
+    draws = tuple(drawn[share] for drawn in draw_episodes(source, spec, tasks, generator))
+    return episode_batch(source, spec, draws)
 
 
 class FixedEpisodes:

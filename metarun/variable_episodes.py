@@ -78,28 +78,11 @@ class EpisodeList:
         return self.episodes
 
 
-class VariableSampler:
-    """The training sampler of episode=variable: EpisodeSampler's interface and seeding."""
-
-    def __init__(self, source: EpisodeSource, rules: VariableRules, seed: int, repeat_every: int = 0):
-        self.source, self.rules, self.repeat_every = source, rules, repeat_every
-        self.generator = torch.Generator().manual_seed(derive_seed(seed, "train"))
-        self.initial_state = self.generator.get_state()
-        self.drawn = 0
-
-    def sample(self, tasks: int, share: slice = slice(None)) -> EpisodeList:
-        if self.repeat_every and self.drawn % self.repeat_every == 0:
-            self.generator.set_state(self.initial_state)
-        self.drawn += 1
-        drawn = [draw_episode(self.source, self.rules, self.generator) for _ in range(tasks)][share]
-        return EpisodeList([episode_of(self.source, episode) for episode in drawn])
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state(), "drawn": self.drawn}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
-        self.drawn = state["drawn"]
+def variable_meta_batch(source: EpisodeSource, spec: EpisodeSpec, tasks: int, generator: torch.Generator,
+                        share: slice = slice(None)) -> EpisodeList:
+    """EpisodeSampler's meta-batch under episode=variable: `tasks` episodes of their own sizes, or their `share`."""
+    drawn = [draw_episode(source, spec.variable, generator) for _ in range(tasks)][share]
+    return EpisodeList([episode_of(source, episode) for episode in drawn])
 
 
 class FixedVariableEpisodes:

@@ -8,9 +8,9 @@ import torch
 
 from metarun.build import build_trainer
 from metarun.data.synthetic import make_synthetic
-from metarun.episodes import VariableRules
+from metarun.episodes import EpisodeSampler, EpisodeSpec, VariableRules
 from metarun.errors import MetarunError
-from metarun.variable_episodes import FixedVariableEpisodes, VariableSampler, draw_episode, episode_of
+from metarun.variable_episodes import FixedVariableEpisodes, draw_episode, episode_of, variable_meta_batch
 from tests.helpers import compose_run
 
 RULES = VariableRules()
@@ -42,19 +42,23 @@ def test_a_small_split_caps_ways_by_its_classes_and_queries_by_half_its_images()
         assert batch.support_y[0].bincount().max() <= 12 - 6  # a class's shots leave room for its queries
 
 
+def variable_sampler(split, seed: int) -> EpisodeSampler:
+    return EpisodeSampler(split, EpisodeSpec(5, 1, 1, variable=RULES), seed, meta_batch=variable_meta_batch)
+
+
 def test_the_sampler_is_seeded_and_resumes_its_stream():
     split = make_synthetic().train
-    sampler = VariableSampler(split, RULES, seed=0)
+    sampler = variable_sampler(split, seed=0)
     sampler.sample(3)
-    state = sampler.state_dict()
-    following = sampler.sample(3)
-    resumed = VariableSampler(split, RULES, seed=0)
+    state = sampler_.state_dict()
+    following = sampler_.sample(3)
+    resumed = variable_sampler(split, seed=0)
     resumed.load_state_dict(state)
     again = resumed.sample(3)
     assert following.tasks == again.tasks == 3
     for a, b in zip(following.split(1), again.split(1)):
         assert torch.equal(a.support_x, b.support_x) and torch.equal(a.query_y, b.query_y)
-    other = VariableSampler(split, RULES, seed=1).sample(3).split(1)
+    other = variable_sampler(split, seed=1).sample(3).split(1)
     assert any(a.support_x.shape != b.support_x.shape for a, b in zip(following.split(1), other))
 
 
