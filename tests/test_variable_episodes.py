@@ -50,8 +50,8 @@ def test_the_sampler_is_seeded_and_resumes_its_stream():
     split = make_synthetic().train
     sampler = variable_sampler(split, seed=0)
     sampler.sample(3)
-    state = sampler_.state_dict()
-    following = sampler_.sample(3)
+    state = sampler.state_dict()
+    following = sampler.sample(3)
     resumed = variable_sampler(split, seed=0)
     resumed.load_state_dict(state)
     again = resumed.sample(3)
