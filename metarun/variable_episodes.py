@@ -37,7 +37,16 @@ class VariableDraw:
 
 
 def draw_episode(source: EpisodeSource, rules: VariableRules, generator: torch.Generator) -> VariableDraw:
-    """One episode's size by Meta-Dataset's rules, then its classes and images (the source's draw)."""
+    """One episode's size by Meta-Dataset's rules, then its classes and images (the source's draw).
+    A multi-source split first chooses the episode's source, whose own counts then size it."""
+    if hasattr(source, "draw_sized"):
+        return VariableDraw(*source.draw_sized(lambda split: episode_size(split, rules, generator), generator))
+    spec, shots = episode_size(source, rules, generator)
+    return VariableDraw(spec, shots, source.draw(spec, 1, generator))
+
+
+def episode_size(source: EpisodeSource, rules: VariableRules, generator: torch.Generator) -> tuple[EpisodeSpec, Tensor]:
+    """(N ways, the most shots, q queries per class; each class's shots [N]) for one episode of `source`."""
     images, classes = int(source.min_images_per_class), int(source.num_classes)
     ways = int(torch.randint(rules.min_ways, min(rules.max_ways, classes) + 1, (), generator=generator))
     queries = min(rules.max_queries, images // 2)
@@ -45,8 +54,7 @@ def draw_episode(source: EpisodeSource, rules: VariableRules, generator: torch.G
     support = min(rules.max_support, ways * math.ceil(beta * min(rules.max_shots, images - queries)))
     proportions = torch.empty(ways).uniform_(math.log(0.5), math.log(2), generator=generator).exp()
     shots = ((proportions / proportions.sum() * (support - ways)).floor().long() + 1).clamp(max=min(images - queries, rules.max_shots))
-    spec = EpisodeSpec(ways, int(shots.max()), queries)
-    return VariableDraw(spec, shots, source.draw(spec, 1, generator))
+    return EpisodeSpec(ways, int(shots.max()), queries), shots
 
 
 def episode_of(source: EpisodeSource, drawn: VariableDraw) -> EpisodeBatch:

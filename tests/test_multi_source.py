@@ -10,8 +10,9 @@ from metarun.build import build_trainer
 from metarun.data.augment import Augmentation
 from metarun.data.multi_source import MultiSource, _load, common_format
 from metarun.data.synthetic import make_synthetic
-from metarun.episodes import EpisodeSampler, EpisodeSpec, FixedEpisodes
+from metarun.episodes import EpisodeSampler, EpisodeSpec, FixedEpisodes, VariableRules
 from metarun.errors import MetarunError
+from metarun.variable_episodes import FixedVariableEpisodes
 from tests.helpers import compose_run, make_fake_omniglot
 
 SPEC = EpisodeSpec(ways=2, shots=1, queries=2)
@@ -76,3 +77,17 @@ def test_an_unknown_source_or_bad_weights_are_one_line(tmp_path):
         cfg, choices = compose_run(["logger=none", "device=cpu", "data=multi_source", override])
         with pytest.raises(MetarunError, match=message):
             build_trainer(cfg, tmp_path / "run", choices)
+
+
+def test_a_variable_episode_is_sized_by_its_own_source():
+    grey, many = make_synthetic(train_classes=8, images_per_class=12).train, make_synthetic(train_classes=64, images_per_class=40, seed=1).train
+    split = MultiSource.of([grey, many], ["few", "many"], None, image_size=16, channels=1)
+    batches = list(FixedVariableEpisodes(split, VariableRules(), 30, seed=0, purpose="test").batches(1))
+    sources = FixedVariableEpisodes(split, VariableRules(), 30, seed=0, purpose="test").groups()[1]
+    for batch, source in zip(batches, sources.tolist()):
+        queries = int(batch.query_y[0].bincount()[0])
+        if source == 0:
+            assert queries == 6 and batch.ways <= 8  # half of its 12 images; its 8 classes
+        else:
+            assert queries == 10  # min(10, 40 / 2)
+    assert any(batch.ways > 8 for batch, source in zip(batches, sources.tolist()) if source == 1)  # more ways than the small source has

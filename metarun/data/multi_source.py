@@ -10,7 +10,7 @@ seeded and resumable and the fixed evaluation episodes stay fixed.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from hydra.utils import instantiate
@@ -96,6 +96,16 @@ class MultiSource:
         """(the source of each episode [E], then every source's draws of E episodes in turn)."""
         chosen = torch.multinomial(self.weights, episodes, replacement=True, generator=generator)
         return (chosen, *(drawn for split in self.splits for drawn in split.draw(spec, episodes, generator)))
+
+    def draw_sized(self, size_of: Callable[[EpisodeSource], tuple[EpisodeSpec, Tensor]], generator: torch.Generator):
+        """One episode sized by its own source (episode=variable): (spec, size, draws in draw's layout,
+        the other sources' parts placeholders that are never gathered)."""
+        chosen = torch.multinomial(self.weights, 1, replacement=True, generator=generator)
+        source = int(chosen)
+        spec, size = size_of(self.splits[source])
+        own = self.splits[source].draw(spec, 1, generator)
+        parts = [own if index == source else (torch.zeros(1, dtype=torch.long),) * arity for index, arity in enumerate(self.arities)]
+        return spec, size, (chosen, *(drawn for part in parts for drawn in part))
 
     def groups(self, draws: tuple[Tensor, ...]) -> tuple[str, Tensor]:
         """Each drawn episode's source [E]: evaluation reports its metrics per source (test.acc_by_source)."""
