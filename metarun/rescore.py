@@ -83,8 +83,11 @@ def rescore(run: Path, overrides: list[str]) -> tuple[dict, Path]:
                                                 weights, (metadata.get("input") or {}).get("shape"))
     episodes = fixed_episodes(splits.test, eval_spec, settings.test_episodes, cfg.eval_seed, "test")
     metric = splits.task.monitor
-    setting = {"data": choices.get("eval_data") or choices.get("data"), "ways": eval_spec.ways, "shots": eval_spec.shots,
-               "queries": eval_spec.queries, "episodes": settings.test_episodes, "eval_seed": cfg.eval_seed}
+    ways, shots, queries = eval_spec.ways, eval_spec.shots, eval_spec.queries
+    if eval_spec.variable:  # episode=variable: each episode its own ways and shots
+        ways, shots, queries = f"{ways}-{eval_spec.variable.max_ways}", "variable", f"<={eval_spec.variable.max_queries}"
+    setting = {"data": choices.get("eval_data") or choices.get("data"), "ways": ways, "shots": shots,
+               "queries": queries, "episodes": settings.test_episodes, "eval_seed": cfg.eval_seed}
     result = {
         "metric": metric,
         "test": summarize(evaluate(algorithm, episodes, compute, settings.eval_batch_size, batch_norm=settings.eval_batch_norm)),
@@ -103,7 +106,8 @@ def rescore(run: Path, overrides: list[str]) -> tuple[dict, Path]:
 
 def setting_name(setting: dict) -> str:
     """omniglot_5way_1shot_15q_1000ep_seed0: everything that makes one set of test episodes."""
-    return (f"{setting['data']}_{setting['ways']}way_{setting['shots']}shot_{setting['queries']}q_"
+    queries = str(setting["queries"]).replace("<=", "max")  # a file name
+    return (f"{setting['data']}_{setting['ways']}way_{setting['shots']}shot_{queries}q_"
             f"{setting['episodes']}ep_seed{setting['eval_seed']}")
 
 
