@@ -32,6 +32,15 @@ Classes = dict[str, list[Item]]  # class name -> its images
 Layout = tuple[dict[str, Classes], Any]  # the classes of each split, and a key that changes with the files
 
 
+# Their licences do not let metarun fetch them: where a user gets them instead.
+WHERE_TO_GET = {
+    "miniImageNet": "ImageNet's terms forbid redistribution, so metarun downloads nothing: build it from ImageNet "
+                    "(image-net.org) with Ravi & Larochelle's split files (github.com/twitter/meta-learning-lstm)",
+    "tieredImageNet": "ImageNet's terms forbid redistribution, so metarun downloads nothing: build it from ImageNet "
+                      "(image-net.org) with Ren et al.'s tools (github.com/renmengye/few-shot-ssl-public)",
+    "CUB-200-2011": "metarun does not download it: CUB_200_2011.tgz is at www.vision.caltech.edu/datasets/cub_200_2011",
+}
+
 def load_image_folder(
     root: str,
     image_size: int = 84,
@@ -96,7 +105,7 @@ def load_cub(root: str, image_size: int = 84, cache_dir: str = "~/.cache/metarun
                    any(child.name[:4].rstrip(".").isdigit() for child in p.iterdir())), None)
     if images is None:
         raise MetarunError(f"CUB-200-2011 not found: no CUB_200_2011/images/ (one folder per species, 001.Black_footed_Albatross ...) "
-                           f"in {base}; set data.root to the folder holding the unpacked CUB_200_2011")
+                           f"in {base}; set data.root to the folder holding the unpacked CUB_200_2011 ({WHERE_TO_GET['CUB-200-2011']})")
     species = _class_folders(images)
     lists = split_lists("cub")
     layout = _files_layout(_by_lists(species, lists, images))
@@ -134,7 +143,7 @@ def _find_layout(root: str, name: str, layouts: dict[str, Callable[[Path], Layou
         if layout is not None:
             return layout
     raise MetarunError(f"{name} not found in {base}: expected one of: {'; '.join(layouts)}; "
-                       f"set data.root to the folder that holds them")
+                       f"set data.root to the folder that holds them ({WHERE_TO_GET[name]})")
 
 
 def _folder(root: str, what: str, expected: str) -> Path:
