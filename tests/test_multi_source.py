@@ -3,6 +3,8 @@ images at one size and channel count with its own normalisation; metrics per sou
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -68,7 +70,7 @@ def loader_options(**options):
 
 
 def test_a_sources_augmentation_settings_reach_its_loader_as_an_augmentation():
-    options = _load({"_target_": "tests.test_multi_source.loader_options", "root": "/data", "augment": {"crop_padding": 4, "flip": True}})
+    options = _load(functools.partial(loader_options, root="/data", augment={"crop_padding": 4, "flip": True}))
     assert options == {"root": "/data", "augment": Augmentation(crop_padding=4, flip=True)}
 
 

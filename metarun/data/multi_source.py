@@ -10,10 +10,9 @@ seeded and resumable and the fixed evaluation episodes stay fixed.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
-from hydra.utils import instantiate
 from torch import Tensor
 
 from metarun.data.augment import GREY, Augmentation
@@ -24,9 +23,9 @@ from metarun.errors import MetarunError
 from metarun.tasks import Classification
 
 
-def load_multi_source(sources: Sequence[str], available: Mapping[str, Any], weights: Sequence[float] | None = None,
+def load_multi_source(sources: Sequence[str], available: Mapping[str, Callable[..., DataSplits]], weights: Sequence[float] | None = None,
                       image_size: int = 32, channels: int = 3) -> DataSplits:
-    """The splits of every source in `sources` (each built from its settings in `available`), as
+    """The splits of every source in `sources` (each from its loader in `available`), as
     one data set whose episodes each come from one source."""
     unknown = [name for name in sources if name not in available]
     if not sources or unknown:
@@ -39,12 +38,11 @@ def load_multi_source(sources: Sequence[str], available: Mapping[str, Any], weig
                         for split in ("train", "val", "test")))
 
 
-def _load(settings: Mapping[str, Any]) -> DataSplits:
-    """One source's splits, its augmentation settings made an Augmentation as build.load_data does."""
-    options = dict(settings)
-    augment = {"augment": Augmentation.from_config(options.pop("augment"))} if "augment" in options else {}
-    # Called, not passed to instantiate: Hydra would turn the Augmentation dataclass back into a config.
-    return instantiate(options, _recursive_=False, _partial_=True)(**augment)
+def _load(loader: Callable[..., DataSplits]) -> DataSplits:
+    """One source's splits from its loader (a partial of its data config), its augmentation settings
+    made an Augmentation as build.load_data does."""
+    settings = getattr(loader, "keywords", {})
+    return loader(**({"augment": Augmentation.from_config(settings["augment"])} if "augment" in settings else {}))
 
 
 @dataclass
