@@ -127,6 +127,22 @@ def split_support_query(examples: Examples, shots: int, order: Tensor | None = N
     return batch
 
 
+def split_unbalanced(examples: Examples, shots: Tensor, most: int) -> EpisodeBatch:
+    """One episode's examples [1, N, most + Q, ...] as a batch of one task whose class c has the
+    first shots[c] of its `most` support slots (episode=variable), its Q queries after them."""
+    x, ways = examples.x[0], len(shots)
+    keep = torch.arange(most, device=x.device) < shots.to(x.device)[:, None]  # [N, most]
+    labels = torch.arange(ways, device=x.device)
+    queries = x.shape[1] - most
+    return EpisodeBatch(
+        support_x=x[:, :most][keep].unsqueeze(0),
+        support_y=labels[:, None].expand(ways, most)[keep].unsqueeze(0),
+        query_x=x[:, most:].flatten(0, 1).unsqueeze(0),
+        query_y=labels.repeat_interleave(queries).unsqueeze(0),
+        classes=examples.classes,
+    )
+
+
 def draw_episodes(source: EpisodeSource, spec: EpisodeSpec, episodes: int, generator: torch.Generator) -> Draws:
     """The source's draws, and for sequence episodes each one's order of its N*Q images (from the
     same generator, after the source's draws, so standard episodes are drawn as before)."""

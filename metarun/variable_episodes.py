@@ -26,7 +26,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from metarun.episodes import Draws, EpisodeBatch, EpisodeSource, EpisodeSpec, VariableRules, derive_seed
+from metarun.episodes import Draws, EpisodeBatch, EpisodeSource, EpisodeSpec, VariableRules, derive_seed, split_unbalanced
 
 
 @dataclass
@@ -59,17 +59,7 @@ def episode_size(source: EpisodeSource, rules: VariableRules, generator: torch.G
 
 def episode_of(source: EpisodeSource, drawn: VariableDraw) -> EpisodeBatch:
     """The drawn episode as a batch of one task: class c's first shots[c] images its support."""
-    examples = source.examples(drawn.draws)
-    x, ways, most = examples.x[0], drawn.spec.ways, drawn.spec.shots  # x [N, most + q, ...]
-    keep = torch.arange(most, device=x.device) < drawn.shots.to(x.device)[:, None]  # [N, most]
-    labels = torch.arange(ways, device=x.device)
-    return EpisodeBatch(
-        support_x=x[:, :most][keep].unsqueeze(0),
-        support_y=labels[:, None].expand(ways, most)[keep].unsqueeze(0),
-        query_x=x[:, most:].flatten(0, 1).unsqueeze(0),
-        query_y=labels.repeat_interleave(drawn.spec.queries).unsqueeze(0),
-        classes=examples.classes,
-    )
+    return split_unbalanced(source.examples(drawn.draws), drawn.shots, drawn.spec.shots)
 
 
 class EpisodeList:
