@@ -129,5 +129,16 @@ def metarun(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedPr
     return subprocess.run([executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def trained_run(folder: Path, overrides: list[str]) -> Path:
+    """A run trained in-process in `folder`, with the .hydra/overrides.yaml `metarun` would leave (for metarun-eval)."""
+    from metarun.build import build_trainer
+
+    cfg, choices = compose_run(overrides)
+    build_trainer(cfg, folder, choices).fit()
+    (folder / ".hydra").mkdir()
+    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {override}\n" for override in overrides))
+    return folder
+
+
 def results_under(folder: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(folder.rglob("results.json"))]

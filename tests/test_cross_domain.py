@@ -14,7 +14,7 @@ from metarun.data.synthetic import make_synthetic
 from metarun.episodes import EpisodeSpec, FixedEpisodes
 from metarun.errors import MetarunError
 from metarun.rescore import rescore
-from tests.helpers import compose_run, make_fake_omniglot
+from tests.helpers import compose_run, make_fake_omniglot, trained_run
 
 GREY_INK = {"shape": [1, 2, 2], "mean": [0.5], "std": [0.25], "ink": True}
 COLOUR = {"shape": [3, 2, 2], "mean": [0.1, 0.2, 0.3], "std": [0.5, 0.5, 0.5], "ink": False}
@@ -73,13 +73,9 @@ def test_a_run_validates_and_tests_on_the_eval_data_in_the_training_format(tmp_p
 
 
 def test_metarun_eval_scores_a_trained_run_on_another_data_set(tmp_path):
-    cfg, choices = compose_run(["debug=smoke", "logger=none", "algo=protonet", "data.channels=3", "data.image_size=16"])
-    build_trainer(cfg, tmp_path / "run", choices).fit()
-    (tmp_path / "run" / ".hydra").mkdir()
-    (tmp_path / "run" / ".hydra" / "overrides.yaml").write_text(
-        "- debug=smoke\n- logger=none\n- algo=protonet\n- data.channels=3\n- data.image_size=16\n")
+    run = trained_run(tmp_path / "run", ["debug=smoke", "logger=none", "algo=protonet", "data.channels=3", "data.image_size=16"])
     root = make_fake_omniglot(tmp_path / "omniglot")
-    result, path = rescore(tmp_path / "run", ["eval_data=omniglot", f"eval_data.root={root}", "eval_data.protocol=lake",
+    result, path = rescore(run, ["eval_data=omniglot", f"eval_data.root={root}", "eval_data.protocol=lake",
                                               "eval_data.lake_val_alphabets=1", f"eval_data.cache_dir={tmp_path / 'cache'}",
                                               "episode.ways=2", "trainer.test_episodes=6"])
     assert path.name.startswith("eval_omniglot_2way_1shot") and result["test"]["episodes"] == 6

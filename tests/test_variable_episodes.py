@@ -12,7 +12,7 @@ from metarun.episodes import EpisodeSampler, EpisodeSpec, VariableRules
 from metarun.errors import MetarunError
 from metarun.rescore import rescore
 from metarun.variable_episodes import FixedVariableEpisodes, draw_episode, episode_of, variable_meta_batch
-from tests.helpers import compose_run
+from tests.helpers import compose_run, trained_run
 
 RULES = VariableRules()
 
@@ -97,10 +97,6 @@ def test_a_method_that_needs_fixed_ways_and_shots_is_refused_in_one_line(algo, t
 
 
 def test_metarun_eval_names_variable_episodes_as_such(tmp_path):
-    cfg, choices = compose_run(["debug=smoke", "logger=none", "algo=protonet", "episode=variable", "episode.max_ways=8"])
-    build_trainer(cfg, tmp_path / "run", choices).fit()
-    (tmp_path / "run" / ".hydra").mkdir()
-    (tmp_path / "run" / ".hydra" / "overrides.yaml").write_text(
-        "- debug=smoke\n- logger=none\n- algo=protonet\n- episode=variable\n- episode.max_ways=8\n")
-    result, path = rescore(tmp_path / "run", ["trainer.test_episodes=4"])
+    run = trained_run(tmp_path / "run", ["debug=smoke", "logger=none", "algo=protonet", "episode=variable", "episode.max_ways=8"])
+    result, path = rescore(run, ["trainer.test_episodes=4"])
     assert path.name == "eval_synthetic_5-8way_variableshot_max10q_4ep_seed0.json" and result["setting"]["shots"] == "variable"
