@@ -26,8 +26,10 @@ USAGE = ("usage: metarun-eval run=<run folder> [episode=5way_1shot] [episode.sho
          "[data.root=...] [eval_data=<another data set> eval_data.root=...]")
 
 # Keys an evaluation may change: the episodes it scores on and how it computes them.
+# algo.protocol and algo.instances say how a sequence learner reads an episode (they follow episode.*),
+# not what it learned: a model trained on sequences may be scored on N-way K-shot episodes.
 EVALUATION_KEYS = ("episode.", "data.", "eval_data", "eval_seed", "device", "deterministic", "malloc", "algo.eval_",
-                   "algo.finetune", "logger.",
+                   "algo.finetune", "algo.protocol", "algo.instances", "logger.",
                    "trainer.test_episodes", "trainer.test_weights", "trainer.eval_batch_size", "trainer.eval_batch_norm",
                    "trainer.precision", "trainer.channels_last", "trainer.max_images_per_pass", "trainer.progress",
                    "trainer.resume")
@@ -135,7 +137,7 @@ def check_changes(trained: dict, now: dict) -> None:
     if changed:
         raise MetarunError(f"metarun-eval scores the run's trained model, so {', '.join(changed)} cannot change; "
                            "only episode.*, data.*, eval_data, eval_seed, device, trainer.test_episodes, trainer.eval_batch_size, "
-                           "trainer.precision, algo.eval_* and algo.finetune* can")
+                           "trainer.precision, algo.eval_*, algo.finetune* and algo.protocol can")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ weights, usage decay, causality, sequence episodes, accuracy by instance."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -16,7 +17,8 @@ from metarun.build import build_trainer
 from metarun.data.synthetic import make_synthetic
 from metarun.episodes import EpisodeBatch, EpisodeSampler, EpisodeSpec, FixedEpisodes
 from metarun.errors import MetarunError
-from tests.helpers import compose_run
+from metarun.rescore import rescore
+from tests.helpers import compose_run, trained_run
 
 SEQUENCE = EpisodeSpec(ways=5, shots=0, queries=4, sequence=True)
 
@@ -202,12 +204,16 @@ def test_each_sequence_image_keeps_its_label_after_shuffling():
             assert (standard.query_y[t, matches] == label).all() and len(matches) >= 1
 
 
-def test_a_run_under_the_sequence_protocol_reports_accuracy_by_instance(tmp_path):
-    cfg, choices = compose_run(["debug=smoke", "logger=none", "algo=lstm", "episode=sequence_5way", "episode.instances=3",
-                                "algo.controller_size=16"])
-    results = build_trainer(cfg, tmp_path, choices).fit()
-    assert sorted(results["test"]["acc_by_instance"]) == [1, 2, 3]
+def test_a_run_under_the_sequence_protocol_reports_accuracy_by_instance_and_scores_on_standard_episodes(tmp_path):
+    run = trained_run(tmp_path / "run", ["debug=smoke", "logger=none", "algo=lstm", "episode=sequence_5way",
+                                         "episode.instances=3", "algo.controller_size=16"])
+    results = json.loads((run / "results.json").read_text())
+    assert sorted(results["test"]["acc_by_instance"]) == ["1", "2", "3"]
     assert all(0 <= value <= 1 for value in results["test"]["acc_by_instance_ci95"].values())
+    # The same weights read 5-way 1-shot episodes: the support as a sequence, each query after it.
+    standard, _ = rescore(run, ["episode=5way_1shot", "trainer.test_episodes=8"])
+    assert standard["setting"]["shots"] == 1 and standard["test"]["episodes"] == 8
+    assert "acc_by_instance" not in standard["test"] and 0 <= standard["test"]["acc"] <= 1
 
 
 def test_snail_reads_a_sequence_causally():
