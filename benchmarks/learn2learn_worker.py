@@ -15,9 +15,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import measure, worker_arguments  # noqa: E402
-
 import learn2learn as l2l  # noqa: E402
+from common import measure, worker_arguments  # noqa: E402
 
 
 def model(args) -> torch.nn.Module:

@@ -184,11 +184,20 @@ def row_cells(run: str, spec: dict, row: dict, record: dict | None) -> tuple[lis
         "" if delta is None else f"{delta:+.2f}" + (" ✓" if match else ""),
         f"{results['steps']:,} ({spec['paper_steps']})",
         best_cell,
-        f"{results['train']['seconds'] / 60:.0f}",
+        train_minutes(results, spec.get("full_steps")),
         f"{record['machine']}; {results.get('precision', 'fp32')}",
         row["protocol"],
     ]
     return cells, match
+
+
+def train_minutes(results: dict, full_steps: int | None) -> str:
+    """Minutes trained; for a run stopped short of the paper's `full_steps`, also the hours all of
+    them would take at the rate this run measured."""
+    minutes = results["train"]["seconds"] / 60
+    if not full_steps or results["steps"] >= full_steps:
+        return f"{minutes:.0f}"
+    return f"{minutes:.0f} ({minutes * full_steps / results['steps'] / 60:.1f} h for {full_steps:,} steps)"
 
 
 def row_accuracy(test: dict, row: dict) -> tuple[float, float]:

@@ -59,3 +59,10 @@ def test_a_row_within_one_point_is_marked_and_counted_and_one_below_is_not(repro
     assert half.count("| 95.12 ± 0.20 (1000 ep.) |") == 1 and "| 98.80 (Snell) | not run yet |" in half
     waiting = reproduce.render(plan, {})
     assert waiting.count("not run yet") == 2 + 1  # two rows, and the run's commands
+
+
+def test_a_run_stopped_short_of_its_papers_budget_says_how_long_the_rest_would_take(reproduce):
+    plan = {"runs": {"maml_omniglot_5w1s": {"train": ["experiment=x"], "paper_steps": "60,000", "full_steps": 60000, "rows": [
+        {"setting": "5-way 1-shot", "paper": 98.7, "source": "Finn", "protocol": "p"}]}}}
+    table = reproduce.render(plan, {"maml_omniglot_5w1s": record(0.97)})  # 20,000 steps in 30 minutes
+    assert "| 30 (1.5 h for 60,000 steps) |" in table
