@@ -30,6 +30,7 @@ PLAN = ROOT / "benchmarks" / "reproduce.yaml"
 RESULTS = ROOT / "benchmarks" / "results"
 TABLE = ROOT / "RESULTS.md"
 RUNS = Path("outputs") / "reproduce"  # relative to the repository root, as the commands are printed
+DRIVER_OVERRIDES = ["trainer.resume=auto", "trainer.progress=false"]  # every run's, after its own
 WITHIN = 1.0  # points: a row "matches" its paper when at most this far below it
 
 
@@ -66,7 +67,7 @@ def load_records(folder: Path = RESULTS) -> dict[str, dict]:
 
 
 def train_command(run: str, spec: dict) -> list[str]:
-    return ["metarun", *spec["train"], "trainer.resume=auto", "trainer.progress=false", f"hydra.run.dir={RUNS / run}"]
+    return ["metarun", *spec["train"], *DRIVER_OVERRIDES, f"hydra.run.dir={RUNS / run}"]
 
 
 def eval_command(run: str, overrides: list[str]) -> list[str]:
@@ -106,11 +107,13 @@ def reproduce(run: str, spec: dict) -> None:
 
 
 def finished(folder: Path, train: list[str]) -> bool:
-    """Whether `folder` holds the results of a run started with the `train` overrides."""
-    overrides = folder / ".hydra" / "overrides.yaml"
+    """Whether `folder` holds the results of a run whose last command had exactly the `train`
+    overrides (an override added, changed or taken away since, such as a raised trainer.steps,
+    trains on, resuming from its last.pt)."""
+    overrides = folder / ".hydra" / "overrides.yaml"  # Hydra rewrites it at every start in the folder
     if not (folder / "results.json").exists() or not overrides.exists():
         return False
-    return [o for o in yaml.safe_load(overrides.read_text()) if o.partition("=")[0] in {t.partition("=")[0] for t in train}] == train
+    return yaml.safe_load(overrides.read_text()) == [*train, *DRIVER_OVERRIDES]
 
 
 def machine() -> str:

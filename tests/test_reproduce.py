@@ -66,3 +66,13 @@ def test_a_run_stopped_short_of_its_papers_budget_says_how_long_the_rest_would_t
         {"setting": "5-way 1-shot", "paper": 98.7, "source": "Finn", "protocol": "p"}]}}}
     table = reproduce.render(plan, {"maml_omniglot_5w1s": record(0.97)})  # 20,000 steps in 30 minutes
     assert "| 30 (1.5 h for 60,000 steps) |" in table
+
+
+def test_a_run_is_finished_only_for_exactly_its_command(reproduce, tmp_path):
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / "results.json").write_text("{}")
+    started = ["experiment=x", "trainer.steps=5000", *reproduce.DRIVER_OVERRIDES]
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in started))
+    assert reproduce.finished(tmp_path, ["experiment=x", "trainer.steps=5000"])
+    assert not reproduce.finished(tmp_path, ["experiment=x", "trainer.steps=20000"])  # raised: it trains on
+    assert not reproduce.finished(tmp_path, ["experiment=x"])  # the cap taken away: the config's own steps
