@@ -74,6 +74,37 @@ def test_reptile_vmap_equals_the_loop_and_adam_moves_toward_lower_loss():
     assert (output.metrics["loss"] < output.metrics["loss@0"]).all()
 
 
+def test_reptile_can_carry_one_inner_adam_from_task_to_task_as_the_papers_code():
+    torch.manual_seed(0)
+    algorithm = Reptile(tiny_conv(), ways=3, inner_lr=0.01, inner_steps=3, inner_batch_size=100, inner_state="carried").double()
+    tasks = [random_batch(tasks=1, seed=seed) for seed in (1, 2)]
+    got = [grads_of(algorithm, batch) for batch in tasks]  # two meta-iterations, no outer step between
+    # Reference: one Adam (TF's, beta1 0, as the paper's code) through both tasks, with one step
+    # count and second moment, its weights reset to theta for the second task.
+    theta = {n: p.detach().clone() for n, p in algorithm.net.named_parameters()}
+    v, step = {n: torch.zeros_like(p) for n, p in theta.items()}, 0
+    for batch, carried in zip(tasks, got):
+        fast = {n: p.clone() for n, p in theta.items()}
+        x, y = all_images(batch)
+        for _ in range(3):
+            params = {n: p.requires_grad_() for n, p in fast.items()}
+            g = dict(zip(params, torch.autograd.grad(F.cross_entropy(functional_call(algorithm.net, params, (x,)), y), list(params.values()))))
+            step += 1
+            v = {n: 0.999 * v[n] + 0.001 * g[n] ** 2 for n in v}
+            fast = {n: (p - 0.01 * (1 - 0.999**step) ** 0.5 * g[n] / (v[n].sqrt() + 1e-8)).detach() for n, p in fast.items()}
+        for n, value in theta.items():
+            torch.testing.assert_close(carried[f"net.{n}"], value - fast[n], rtol=1e-9, atol=1e-10)  # atol: biases before batch norm, noise-level gradients
+    assert int(algorithm.carried.steps) == 6
+    # Reset per task (the default), the second task starts from a fresh Adam: another update.
+    fresh = Reptile(tiny_conv(), ways=3, inner_lr=0.01, inner_steps=3, inner_batch_size=100).double()
+    fresh.load_state_dict({k: v for k, v in algorithm.state_dict().items() if not k.startswith("carried.")})
+    first = "net.0.blocks.0.0.weight"
+    reset = grads_of(fresh, tasks[1])[first]
+    assert ((reset - got[1][first]).norm() / reset.norm()) > 0.05
+    with pytest.raises(MetarunError, match="algo.inner_state=carried .* algo.task_batching=loop"):
+        Reptile(tiny_conv(), ways=3, inner_state="carried", task_batching="vmap")
+
+
 # Meta-SGD --------------------------------------------------------------------------------------
 
 

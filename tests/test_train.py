@@ -114,7 +114,8 @@ def crash():
     raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("algo", [[], ANNEALED, REPTILE], ids=["maml", "mamlpp", "reptile"])
+@pytest.mark.parametrize("algo", [[], ANNEALED, REPTILE, [*REPTILE, "algo.inner_state=carried"]],
+                         ids=["maml", "mamlpp", "reptile", "reptile-carried-adam"])
 def test_a_run_stopped_half_way_and_resumed_ends_with_the_same_results(smoke_cfg, tmp_path, caplog, algo):
     overrides = ("trainer.steps=6", "trainer.eval_every=2", *algo)
     cfg, choices = smoke_cfg(*overrides)

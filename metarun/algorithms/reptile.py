@@ -31,6 +31,10 @@ class Reptile(Algorithm):
     train_shots = episode.shots + episode.train_queries); at evaluation the support set alone,
     with eval_inner_steps steps of eval_inner_batch_size images, then the queries are scored in
     one batch (the paper's transductive setting, as MAML's evaluation is).
+
+    inner_state: "reset", a fresh inner Adam for every task; "carried", one Adam state carried
+    from task to task through training, as the paper's code keeps one optimiser for the whole
+    run, with each evaluation starting from a copy of it.
     """
 
     inner_loop = True
@@ -46,6 +50,7 @@ class Reptile(Algorithm):
         inner_batch_size: int = 10,
         eval_inner_batch_size: int = 5,
         inner_optimizer: Literal["adam", "sgd"] = "adam",
+        inner_state: Literal["reset", "carried"] = "reset",
         task_batching: TaskBatching = "loop",
         eval_curve: bool = False,
     ):
@@ -53,6 +58,11 @@ class Reptile(Algorithm):
         check_batching(task_batching)
         if inner_optimizer not in ("adam", "sgd"):
             raise MetarunError(f"algo.inner_optimizer={inner_optimizer!r} is not known; use adam or sgd")
+        if inner_state not in ("reset", "carried"):
+            raise MetarunError(f"algo.inner_state={inner_state!r} is not known; use reset or carried")
+        if inner_state == "carried" and (inner_optimizer != "adam" or task_batching != "loop"):
+            raise MetarunError("algo.inner_state=carried carries inner Adam's state from one task to the next: "
+                               "use algo.inner_optimizer=adam and algo.task_batching=loop")
         if min(inner_batch_size, eval_inner_batch_size) < 1:
             raise MetarunError("algo.inner_batch_size and algo.eval_inner_batch_size must be at least 1")
         self.task = task or Classification()
@@ -66,6 +76,8 @@ class Reptile(Algorithm):
         self.inner_optimizer = inner_optimizer
         self.task_batching = task_batching
         self.eval_curve = eval_curve
+        trainable = {name: p for name, p in self.net.named_parameters() if p.requires_grad}
+        self.carried = CarriedAdamState(trainable) if inner_state == "carried" else None
 
     def step(self, batch: EpisodeBatch, train: bool) -> StepOutput:
         if train:
@@ -88,7 +100,7 @@ class Reptile(Algorithm):
         the query metrics after the recorded inner steps."""
         initial = {name: p for name, p in self.net.named_parameters() if p.requires_grad}
         fast = {name: p.detach() for name, p in initial.items()}
-        moments: dict[str, Params] = {}
+        moments, start = self.carried.copy() if self.carried else ({}, 0)
         inner, metrics, predictions = [], {}, {}
         for k in range(steps + 1):
             if not train and recorded(k, steps, self.eval_curve):
@@ -99,8 +111,10 @@ class Reptile(Algorithm):
             if k < steps:
                 with torch.no_grad():  # no outer graph: Reptile needs only the adapted weights
                     grads, (batch_loss, batch_out) = grad_and_value(self._minibatch_loss, has_aux=True)(fast, x[order[k]], y[order[k]])
-                    fast = self._inner_step(fast, grads, moments, k)
+                    fast = self._inner_step(fast, grads, moments, start + k)
                 inner.append({"loss": batch_loss, **self.task.metrics(batch_out, y[order[k]])})
+        if train and self.carried:
+            self.carried.keep(moments, start + steps)
         if train:
             objective = sum((p * (p.detach() - fast[name])).sum() for name, p in initial.items())
             return TaskOutput(objective, {name: torch.stack([m[name] for m in inner]).mean() for name in inner[0]}, {})
@@ -116,6 +130,33 @@ class Reptile(Algorithm):
         if self.inner_optimizer == "sgd":
             return {name: p - self.inner_lr * grads[name] for name, p in fast.items()}
         return adam_step(fast, grads, moments, k, self.inner_lr)
+
+
+class CarriedAdamState(nn.Module):
+    """Inner Adam's second moments and step count, carried from one task to the next through
+    training (algo.inner_state=carried); buffers, so checkpoints hold them and a resumed run goes
+    on exactly. With beta1 = 0 the first moment is each step's own gradient: nothing to carry."""
+
+    def __init__(self, params: Params):
+        super().__init__()
+        self.names = list(params)
+        for i, p in enumerate(params.values()):
+            self.register_buffer(f"v{i}", torch.zeros_like(p))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def copy(self) -> tuple[dict[str, Params], int]:
+        """The moments to start a task from (empty before the first step), and the steps taken."""
+        if not self.steps:
+            return {}, 0
+        v = {name: getattr(self, f"v{i}").clone() for i, name in enumerate(self.names)}
+        return {"m": {name: torch.zeros_like(value) for name, value in v.items()}, "v": v}, int(self.steps)
+
+    def keep(self, moments: dict[str, Params], steps: int) -> None:
+        """After a training task: its moments and step count are where the next task starts."""
+        if moments:
+            for i, name in enumerate(self.names):
+                getattr(self, f"v{i}").copy_(moments["v"][name])
+        self.steps.fill_(steps)
 
 
 def adam_step(params: Params, grads: Params, moments: dict[str, Params], k: int, lr: float,
