@@ -12,7 +12,7 @@ from metarun.algorithms.siamese import pair_labels
 from metarun.errors import MetarunError
 from metarun.models import Conv4
 from metarun.tasks import Classification
-from tests.helpers import float_batch, tiny_conv
+from tests.helpers import compose_run, float_batch, tiny_conv
 
 
 def test_one_shot_matching_predicts_the_support_image_of_highest_cosine_similarity():
@@ -148,3 +148,15 @@ def test_siamese_pairs_are_labelled_same_class_and_the_distance_is_symmetric():
     output = algorithm.step(batch, train=True)
     output.objective.backward()
     assert output.metrics["acc"].shape == (2,) and algorithm.distance.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("size,side", [(28, 5), (84, 19), (32, 6)])
+def test_the_relation_embedding_pads_only_its_last_two_convolutions_as_the_papers_code(size, side):
+    cfg, _ = compose_run(["algo=relationnet", "backbone=relationnet_embedding", f"data.image_size={size}"])
+    embedding = Conv4((1, size, size), **{k: v for k, v in cfg.backbone.items() if k not in ("_target_", "weights", "freeze")})
+    assert embedding.out_shape == (64, side, side)
+    assert embedding(torch.randn(2, 1, size, size)).shape == (2, 64 * side * side)
+    if size == 28:  # the code's Omniglot relation module: 5x5 pairs pooled to 1x1, then 64 -> 8 -> 1
+        assert RelationNet(embedding).relation.score[1].in_features == 64
+    with pytest.raises(MetarunError, match="leaves no map of 4x4 images"):
+        Conv4((1, 4, 4), blocks=4, pooled_blocks=2, unpadded_blocks=2)

@@ -61,18 +61,23 @@ class RelationNet(Algorithm):
 
 class RelationModule(nn.Module):
     """Two conv blocks (conv3x3, batch norm, ReLU, max-pool 2) on a pair's 2C channels, then
-    a ReLU layer of `hidden` units and one output: the relation score's logit."""
+    a ReLU layer of `hidden` units and one output: the relation score's logit (the paper's
+    Omniglot module: 64x5x5 pairs pooled to 1x1, 64 -> 8 -> 1)."""
 
     def __init__(self, in_shape: tuple[int, int, int], filters: int, hidden: int):
         super().__init__()
         channels, height, width = in_shape
 
+        # The paper's code pools 5x5 maps to 1x1 (floor); ceil keeps a 1x1 map from maps under 4x4.
+        ceil = min(height, width) < 4
+
         def block(c_in: int) -> nn.Sequential:
             return nn.Sequential(nn.Conv2d(c_in, filters, 3, padding=1), nn.BatchNorm2d(filters), nn.ReLU(inplace=True),
-                                 nn.MaxPool2d(2, ceil_mode=True))
+                                 nn.MaxPool2d(2, ceil_mode=ceil))
 
         self.blocks = nn.Sequential(block(2 * channels), block(filters))
-        cells = (-(-height // 4)) * (-(-width // 4))  # ceil: the pools keep a 1x1 map from small inputs
+        pooled = (lambda s: -(-s // 4)) if ceil else (lambda s: s // 4)
+        cells = pooled(height) * pooled(width)
         self.score = nn.Sequential(nn.Flatten(), nn.Linear(filters * cells, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1))
 
     def forward(self, pairs: Tensor) -> Tensor:  # [P, 2C, h, w] -> [P]
