@@ -148,7 +148,8 @@ class CarriedAdamState(nn.Module):
         """The moments to start a task from (empty before the first step), and the steps taken."""
         if not self.steps:
             return {}, 0
-        v = {name: getattr(self, f"v{i}").clone() for i, name in enumerate(self.names)}
+        # No copy needed: adam_step makes new moments and never writes into these buffers.
+        v = {name: getattr(self, f"v{i}") for i, name in enumerate(self.names)}
         return {"m": {name: torch.zeros_like(value) for name, value in v.items()}, "v": v}, int(self.steps)
 
     def keep(self, moments: dict[str, Params], steps: int) -> None:
