@@ -169,10 +169,9 @@ def row_cells(run: str, spec: dict, row: dict, record: dict | None) -> tuple[lis
     """The row's cells, and whether it is within WITHIN of its paper (None: no paper number, or not run)."""
     paper = row.get("paper")
     paper_cell = f"{paper:.2f} ({row['source']})" if paper is not None else f"— ({row['source']})"
-    method, data = run.split("_")[0], run.split("_")[1]
     scored = record is not None and (not row.get("eval") or " ".join(row["eval"]) in record["evals"])
     if not scored:
-        return [method, data, row["setting"], paper_cell, "not run yet", "", str(spec["paper_steps"]), "", "", "", row["protocol"]], None
+        return [run.split("_")[0], planned_data(spec), row["setting"], paper_cell, "not run yet", "", str(spec["paper_steps"]), "", "", "", row["protocol"]], None
     results = record["results"]
     test = record["evals"][" ".join(row["eval"])]["test"] if row.get("eval") else results["test"]
     ours, ci = row_accuracy(test, row)
@@ -192,6 +191,15 @@ def row_cells(run: str, spec: dict, row: dict, record: dict | None) -> tuple[lis
         row["protocol"],
     ]
     return cells, match
+
+
+def planned_data(spec: dict) -> str:
+    """The data set a run will train on, as its finished rows name it: a data= override, else its experiment's."""
+    overrides = dict(item.split("=", 1) for item in spec["train"] if "=" in item)
+    if "data" in overrides:
+        return overrides["data"]
+    experiment = yaml.safe_load((ROOT / "configs" / "experiment" / f"{overrides['experiment']}.yaml").read_text())
+    return next(entry["override /data"] for entry in experiment["defaults"] if isinstance(entry, dict) and "override /data" in entry)
 
 
 def train_minutes(results: dict, full_steps: int | None) -> str:

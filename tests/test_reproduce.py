@@ -46,7 +46,7 @@ def record(acc: float, eval_acc: float | None = None) -> dict:
 
 
 def test_a_row_within_one_point_is_marked_and_counted_and_one_below_is_not(reproduce):
-    plan = {"runs": {"protonet_omniglot_20w1s": {"train": ["experiment=x"], "paper_steps": "early stopping", "rows": [
+    plan = {"runs": {"protonet_omniglot_20w1s": {"train": ["experiment=protonet_omniglot_20w1s"], "paper_steps": "early stopping", "rows": [
         {"setting": "20-way 1-shot", "paper": 96.0, "source": "Snell", "protocol": "p"},
         {"setting": "5-way 1-shot", "eval": ["episode=5way_1shot"], "paper": 98.8, "source": "Snell", "protocol": "q"}]}}}
     table = reproduce.render(plan, {"protonet_omniglot_20w1s": record(0.9512, eval_acc=0.9770)})
@@ -59,6 +59,9 @@ def test_a_row_within_one_point_is_marked_and_counted_and_one_below_is_not(repro
     assert half.count("| 95.12 ± 0.20 (1000 ep.) |") == 1 and "| 98.80 (Snell) | not run yet |" in half
     waiting = reproduce.render(plan, {})
     assert waiting.count("not run yet") == 2 + 1  # two rows, and the run's commands
+    assert "| protonet | omniglot | 20-way 1-shot | 96.00 (Snell) | not run yet |" in waiting  # the experiment's data set
+    plan["runs"]["protonet_omniglot_20w1s"]["train"].append("data=cifar_fs")
+    assert "| protonet | cifar_fs | 20-way 1-shot |" in reproduce.render(plan, {})  # a data= override wins
 
 
 def test_a_run_stopped_short_of_its_papers_budget_says_how_long_the_rest_would_take(reproduce):
