@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from metarun.cli import config_dir
 from metarun.errors import MetarunError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -198,7 +199,7 @@ def planned_data(spec: dict) -> str:
     overrides = dict(item.split("=", 1) for item in spec["train"] if "=" in item)
     if "data" in overrides:
         return overrides["data"]
-    experiment = yaml.safe_load((ROOT / "configs" / "experiment" / f"{overrides['experiment']}.yaml").read_text())
+    experiment = yaml.safe_load((Path(config_dir()) / "experiment" / f"{overrides['experiment']}.yaml").read_text())
     return next(entry["override /data"] for entry in experiment["defaults"] if isinstance(entry, dict) and "override /data" in entry)
 
 
