@@ -79,3 +79,23 @@ def test_a_run_is_finished_only_for_exactly_its_command(reproduce, tmp_path):
     assert reproduce.finished(tmp_path, ["experiment=x", "trainer.steps=5000"])
     assert not reproduce.finished(tmp_path, ["experiment=x", "trainer.steps=20000"])  # raised: it trains on
     assert not reproduce.finished(tmp_path, ["experiment=x"])  # the cap taken away: the config's own steps
+
+
+def test_a_short_run_keeps_its_checkpoints_for_a_fresh_checkout_and_its_curve_joins_the_recorded_one(reproduce, tmp_path, monkeypatch):
+    monkeypatch.setattr(reproduce, "CHECKPOINTS", tmp_path / "kept")
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    for name in ("last.pt", "best.pt", "top_5000.pt"):
+        (trained / name).write_bytes(name.encode())
+    reproduce.keep_checkpoints("maml", trained, short=True)
+    fresh = tmp_path / "fresh"  # a new machine: outputs/ is not in the repository
+    reproduce.restore_checkpoints("maml", fresh)
+    assert {p.name: p.read_bytes() for p in fresh.glob("*.pt")} == {p.name: p.read_bytes() for p in trained.glob("*.pt")}
+    (fresh / "last.pt").write_bytes(b"newer")
+    reproduce.restore_checkpoints("maml", fresh)  # a folder with its own last.pt keeps it
+    assert (fresh / "last.pt").read_bytes() == b"newer"
+    reproduce.keep_checkpoints("maml", trained, short=False)  # the budget reached: nothing kept
+    assert not (tmp_path / "kept" / "maml").exists()
+    recorded = [[1000, 0.5], [2000, 0.6], [3000, 0.7]]
+    assert reproduce.joined_curve(recorded, [(3000, 0.71), (4000, 0.8)]) == [[1000, 0.5], [2000, 0.6], [3000, 0.71], [4000, 0.8]]
+    assert reproduce.joined_curve(recorded, [(1000, 0.4)]) == [[1000, 0.4]]  # trained again from the start
