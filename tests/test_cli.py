@@ -39,9 +39,10 @@ def test_help_shows_example_commands_and_how_to_print_the_resolved_config(tmp_pa
 
 def test_every_experiment_runs_under_debug_smoke(tmp_path):
     # debug=smoke stands synthetic images in for the data; regression keeps its own generated curves.
-    # Two steps (one validation, then the test) show each config runs: the suite's longest test, 57 configs.
+    # Two steps (one validation, then the test) of one training query per class show each config
+    # runs: the suite's longest test, 57 configs.
     images = metarun("-m", "experiment=glob(*,exclude=*sinusoid*)", "debug=smoke", "logger=none", "trainer.steps=2",
-                     cwd=tmp_path, timeout=1800)
+                     "episode.train_queries=1", cwd=tmp_path, timeout=1800)
     assert images.returncode == 0, images.stderr
     curves = metarun("-m", "experiment=glob(*sinusoid*)", "debug=smoke", "data=sinusoid", "logger=none", cwd=tmp_path)
     assert curves.returncode == 0, curves.stderr
