@@ -119,12 +119,9 @@ def reproduce(run: str, spec: dict) -> None:
 def keep_checkpoints(run: str, folder: Path, short: bool) -> None:
     """Copy the run's checkpoints (last.pt, best.pt, an ensemble's top_*.pt) to CHECKPOINTS/<run>/
     while it is short of its budget; drop them once it has reached it."""
-    kept = CHECKPOINTS / run
-    shutil.rmtree(kept, ignore_errors=True)
+    shutil.rmtree(CHECKPOINTS / run, ignore_errors=True)
     if short:
-        kept.mkdir(parents=True)
-        for checkpoint in folder.glob("*.pt"):
-            shutil.copy2(checkpoint, kept / checkpoint.name)
+        copy_checkpoints(folder, CHECKPOINTS / run)
 
 
 def restore_checkpoints(run: str, folder: Path) -> None:
@@ -132,10 +129,14 @@ def restore_checkpoints(run: str, folder: Path) -> None:
     kept = CHECKPOINTS / run
     if (folder / "last.pt").exists() or not (kept / "last.pt").exists():
         return
-    folder.mkdir(parents=True, exist_ok=True)
-    for checkpoint in kept.glob("*.pt"):
-        shutil.copy2(checkpoint, folder / checkpoint.name)
+    copy_checkpoints(kept, folder)
     print(f"{run}: resuming from the checkpoints kept in {kept}", flush=True)
+
+
+def copy_checkpoints(source: Path, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for checkpoint in source.glob("*.pt"):
+        shutil.copy2(checkpoint, target / checkpoint.name)
 
 
 def joined_curve(recorded: list[list], logged: list[tuple[int, float]]) -> list[list]:
