@@ -31,8 +31,6 @@ SHARED_DATA = Path(os.environ.get("METARUN_SHARED_DATA", REPO.parent / "shared" 
 OMNIGLOT = SHARED_DATA / "omniglot"
 CIFAR100 = SHARED_DATA / "cifar100"
 
-CONFIGS_EXPERIMENTS = sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("*.yaml"))
-
 # A fast CPU run on synthetic data: what most tests start from.
 SMOKE = ["debug=smoke", "logger=none"]
 

@@ -128,7 +128,7 @@ def test_real_cifar_fs_and_fc100(tmp_path):
 @requires_cifar100()
 def test_protonet_learns_real_cifar_fs_5way_1shot(tmp_path):
     cfg, choices = compose_run([f"data.root={CIFAR100}", "experiment=protonet_cifarfs_5w1s", "logger=none", "device=cpu",
-                                "trainer.progress=false", "trainer.steps=150", "trainer.eval_every=75",
+                                "trainer.progress=false", "episode.train_queries=5", "trainer.steps=150", "trainer.eval_every=75",
                                 "trainer.val_episodes=50", "trainer.test_episodes=200"])
     results = train(cfg, tmp_path, choices)
-    assert results["test"]["acc"] > 0.3  # chance is 0.2; 0.41 after 500 steps here, the paper 0.555 after far longer
+    assert results["test"]["acc"] > 0.3  # chance is 0.2; 0.36 after 150 steps here, 0.41 after 500; the paper 0.555 after far longer

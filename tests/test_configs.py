@@ -9,7 +9,7 @@ import torch
 from hydra.utils import instantiate
 
 from metarun.algorithms import Algorithm
-from metarun.build import build_algorithm, build_backbone, episode_specs
+from metarun.build import build_algorithm, build_backbone, build_trainer, episode_specs
 from metarun.cli import config_dir
 from metarun.data import DataSplits
 from metarun.episodes import EpisodeSampler, EpisodeSpec
@@ -102,6 +102,18 @@ def test_every_experiment_composes_and_says_where_its_number_comes_from(experime
         assert setting == f"{cfg.episode.ways}wseq"
     else:
         assert setting in (f"{cfg.episode.ways}w{cfg.episode.shots}s", f"{cfg.episode.shots}shot")
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_trains_and_tests_under_debug_smoke(experiment, tmp_path):
+    # debug=smoke stands synthetic images in for the data; regression keeps its own generated curves.
+    # Two steps of one training query per class, a validation and a test of two episodes each show each config runs;
+    # `make smoke` runs them all through the CLI for the config's four steps.
+    data = ["data=sinusoid"] if "sinusoid" in experiment else ["trainer.steps=2", "episode.train_queries=1"]
+    cfg, choices = compose_run([f"experiment={experiment}", *SMOKE, *data, "trainer.val_episodes=2", "trainer.test_episodes=2",
+                                "trainer.eval_batch_size=2"])
+    test = build_trainer(cfg, tmp_path, choices).fit()["test"]
+    assert test["mse"] >= 0 if "sinusoid" in experiment else 0 <= test["acc"] <= 1
 
 
 @pytest.mark.parametrize("debug", options("debug"))

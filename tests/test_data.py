@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from metarun.data.cache import cached
 from metarun.data.omniglot import load_omniglot
 from metarun.errors import MetarunError
 from tests.helpers import OMNIGLOT, make_fake_omniglot, requires_omniglot
@@ -40,6 +43,28 @@ def test_the_decoded_images_are_cached_and_reused(tmp_path, monkeypatch):
     assert len(list((tmp_path / "cache").glob("omniglot-28px-*.pt"))) == 1
     monkeypatch.setattr("metarun.data.omniglot.decode_characters", lambda *a: pytest.fail("decoded twice"))
     assert torch.equal(lake(root, tmp_path / "cache").train.images, first.train.images)
+
+
+def _load_through_the_cache(cache: Path, log: Path, out) -> None:
+    def build():
+        with log.open("a") as handle:
+            handle.write("built\n")
+        time.sleep(0.5)  # long enough for the other process to find the cache empty
+        return {"x": torch.arange(3)}
+    out.put(cached(cache, "toy", {}, "key", build=build)["x"].tolist())
+
+
+def test_processes_sharing_a_cache_decode_once_and_load_the_same(tmp_path):
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    processes = [context.Process(target=_load_through_the_cache, args=(tmp_path / "cache", tmp_path / "log", out)) for _ in range(2)]
+    for process in processes:
+        process.start()
+    loaded = [out.get(timeout=60) for _ in processes]
+    for process in processes:
+        process.join(timeout=60)
+    assert loaded == [[0, 1, 2], [0, 1, 2]]
+    assert (tmp_path / "log").read_text() == "built\n"  # the second waited for the first's file instead of building
 
 
 def test_a_missing_root_names_the_path_and_both_fixes(tmp_path):

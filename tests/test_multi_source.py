@@ -99,12 +99,12 @@ def test_a_variable_episode_is_sized_by_its_own_source():
 @requires_omniglot()
 @requires_cifar100()
 def test_protonet_learns_both_sources_of_real_multi_source_variable_episodes(tmp_path):
-    """Omniglot + CIFAR-FS, Meta-Dataset's variable episodes (up to 10 ways here, to be quick): each
+    """Omniglot + CIFAR-FS, Meta-Dataset's variable episodes (up to 10 ways and 100 support images here, to be quick): each
     source's test accuracy beats the same model untrained on the same fixed episodes."""
     cfg, choices = compose_run(["logger=none", "device=cpu", "trainer.progress=false", "algo=protonet", "data=multi_source",
                                 "data.sources=[omniglot,cifar_fs]", f"data.available.omniglot.root={OMNIGLOT}",
-                                f"data.available.cifar_fs.root={CIFAR100}", "episode=variable", "episode.max_ways=10",
-                                "trainer.steps=200", "trainer.meta_batch_size=1", "trainer.eval_every=200",
+                                f"data.available.cifar_fs.root={CIFAR100}", "episode=variable", "episode.max_ways=10", "episode.max_support=100",
+                                "trainer.steps=120", "trainer.meta_batch_size=1", "trainer.eval_every=120",
                                 "trainer.val_episodes=20", "trainer.test_episodes=100"])
     trainer = build_trainer(cfg, tmp_path / "run", choices)
     before = trainer.evaluate(trainer.test_episodes)

@@ -12,7 +12,9 @@ from tests.helpers import OMNIGLOT, compose_run, requires_omniglot
 pytestmark = [pytest.mark.slow, requires_omniglot()]
 
 SHORT = [f"data.root={OMNIGLOT}", "logger=none", "device=cpu", "trainer.progress=false",
-         "trainer.val_episodes=50", "trainer.test_episodes=200"]
+         "trainer.val_episodes=25", "trainer.test_episodes=100"]
+# Five training queries per class, not fifteen: a third of the images per step; most methods learn about as fast per step.
+FIVE_QUERIES = "episode.train_queries=5"
 
 
 MARGIN = 0.1  # what training must add to the untrained model's accuracy: a method that learns nothing misses it
@@ -27,25 +29,25 @@ def trained_and_untrained(tmp_path, overrides: list[str]) -> tuple[float, float]
 
 
 def test_protonet_learns_omniglot_5way_1shot(tmp_path):
-    trained, untrained = trained_and_untrained(tmp_path, ["algo=protonet", "trainer.steps=300", "trainer.meta_batch_size=4",
-                                                          "trainer.eval_every=100"])
+    trained, untrained = trained_and_untrained(tmp_path, ["algo=protonet", FIVE_QUERIES, "trainer.steps=200",
+                                                          "trainer.meta_batch_size=4", "trainer.eval_every=100"])
     assert trained > 0.8 and trained > untrained + MARGIN, (trained, untrained)  # the paper reaches 0.988 after far longer
 
 
 def test_maml_learns_omniglot_5way_1shot(tmp_path):
-    trained, untrained = trained_and_untrained(tmp_path, ["algo=maml", "backbone.pooling=stride", "trainer.steps=150",
+    trained, untrained = trained_and_untrained(tmp_path, ["algo=maml", "backbone.pooling=stride", FIVE_QUERIES, "trainer.steps=150",
                                                         "trainer.meta_batch_size=8", "trainer.eval_every=50"])
     assert trained > 0.6 and trained > untrained + MARGIN, (trained, untrained)  # the paper: 0.987 after 60,000 steps
 
 
 def test_reptile_learns_omniglot_5way_1shot(tmp_path):
-    trained, untrained = trained_and_untrained(tmp_path, ["experiment=reptile_omniglot_5w1s", "trainer.steps=200", "trainer.eval_every=100",
+    trained, untrained = trained_and_untrained(tmp_path, ["experiment=reptile_omniglot_5w1s", "trainer.steps=120", "trainer.eval_every=120",
                                                         "algo.eval_inner_steps=20"])
-    assert trained > 0.5 and trained > untrained + MARGIN, (trained, untrained)  # chance is 0.2; 0.63 on validation after 200 steps; the paper: 0.977 after 100,000
+    assert trained > 0.5 and trained > untrained + MARGIN, (trained, untrained)  # chance is 0.2; 0.66 after 120 steps here, 0.71 after 200; the paper: 0.977 after 100,000
 
 
 def test_metasgd_learns_omniglot_5way_1shot(tmp_path):
-    trained, untrained = trained_and_untrained(tmp_path, ["experiment=metasgd_omniglot_5w1s", "trainer.steps=150", "trainer.meta_batch_size=8",
+    trained, untrained = trained_and_untrained(tmp_path, ["experiment=metasgd_omniglot_5w1s", FIVE_QUERIES, "trainer.steps=150", "trainer.meta_batch_size=8",
                                                         "trainer.eval_every=50"])
     assert trained > 0.6 and trained > untrained + MARGIN, (trained, untrained)  # chance is 0.2; the paper reaches 0.995
 
@@ -56,28 +58,31 @@ def test_metasgd_learns_omniglot_5way_1shot(tmp_path):
     ("siamese", []),
 ])
 def test_metric_methods_learn_omniglot_5way_1shot(tmp_path, algo, extra):
-    trained, untrained = trained_and_untrained(tmp_path, [f"algo={algo}", *extra, "trainer.steps=300", "trainer.meta_batch_size=4",
-                                                        "trainer.eval_every=100"])
-    assert trained > 0.6 and trained > untrained + MARGIN, (trained, untrained)  # chance is 0.2
+    trained, untrained = trained_and_untrained(tmp_path, [f"algo={algo}", *extra, FIVE_QUERIES, "trainer.steps=200",
+                                                        "trainer.meta_batch_size=4", "trainer.eval_every=100"])
+    assert trained > 0.6 and trained > untrained + MARGIN, (trained, untrained)  # chance is 0.2; 0.71-0.76 here after 200 steps
 
 
 @pytest.mark.parametrize("algo", ["baseline", "baselinepp"])
 def test_pretrain_baselines_learn_omniglot_5way_1shot(tmp_path, algo):
     # Pre-training classifies 4,112 classes: 60 classes x 2 images per step covers them fastest.
     trained, untrained = trained_and_untrained(tmp_path, [f"algo={algo}", "episode.train_ways=60", "episode.train_queries=1",
-                                                        "trainer.steps=300", "trainer.meta_batch_size=1", "trainer.eval_every=100"])
-    assert trained > 0.5 and trained > untrained + MARGIN, (trained, untrained)  # chance is 0.2; Baseline++ validated at 0.66 here after 300 steps
+                                                        "trainer.steps=300", "trainer.meta_batch_size=1", "trainer.eval_every=300"])
+    assert trained > 0.5 and trained > untrained + MARGIN, (trained, untrained)  # chance is 0.2; both tested at 0.64-0.65 here after 300 steps
 
 
 def test_metalstm_learns_omniglot_5way_1shot(tmp_path):
-    trained, untrained = trained_and_untrained(tmp_path, ["experiment=metalstm_omniglot_5w1s", "trainer.steps=100", "trainer.eval_every=50"])
-    assert trained > 0.5 and trained > untrained + MARGIN, (trained, untrained)  # chance is 0.2; 0.60 after 20 steps here, 0.80 on validation after 500
+    trained, untrained = trained_and_untrained(tmp_path, ["experiment=metalstm_omniglot_5w1s", FIVE_QUERIES, "trainer.steps=40",
+                                                        "trainer.eval_every=40"])
+    assert trained > 0.5 and trained > untrained + MARGIN, (trained, untrained)  # chance is 0.2; 0.62 after 40 steps here, 0.75 after 100
 
 
 def test_snail_learns_omniglot_5way_1shot(tmp_path):
-    trained, untrained = trained_and_untrained(tmp_path, ["experiment=snail_omniglot_5w1s", "trainer.steps=400", "trainer.meta_batch_size=4",
-                                                        "trainer.eval_every=200"])
-    assert trained > 0.4 and trained > untrained + MARGIN, (trained, untrained)  # chance is 0.2; SNAIL starts slowly: 0.23 on validation after 200 steps, 0.53 after 400
+    trained, untrained = trained_and_untrained(tmp_path, ["experiment=snail_omniglot_5w1s", FIVE_QUERIES, "optim.lr=0.003",
+                                                        "trainer.steps=400", "trainer.meta_batch_size=4", "trainer.eval_every=200"])
+    # Chance is 0.2, and SNAIL is exactly there untrained: above it, it reads the support's labels. It starts slowly:
+    # after 400 steps it tested at 0.34 at the paper's rate of 0.001 here, 0.42 at 0.003 (0.25 at 0.005 for 300; 0.21 with 32 filters).
+    assert trained > 0.3 and trained > untrained + MARGIN, (trained, untrained)
 
 
 def test_lstm_learns_to_read_the_labels_of_omniglot_sequences(tmp_path):

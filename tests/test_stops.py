@@ -46,7 +46,7 @@ def test_a_stop_in_the_first_second_is_one_line_and_leaves_no_folder(tmp_path, s
 def test_ctrl_c_during_the_final_test_is_one_line_and_the_printed_command_finishes_the_run(tmp_path):
     run = tmp_path / "run"
     # Many one-episode test batches: the test phase lasts long enough to be interrupted.
-    process = start(*SMOKE, "algo=protonet", "trainer.test_episodes=600", "trainer.eval_batch_size=1", f"hydra.run.dir={run}",
+    process = start(*SMOKE, "algo=protonet", "trainer.test_episodes=150", "trainer.eval_batch_size=1", f"hydra.run.dir={run}",
                     cwd=tmp_path)
     seen = []
     while line := process.stdout.readline():
@@ -63,7 +63,7 @@ def test_ctrl_c_during_the_final_test_is_one_line_and_the_printed_command_finish
     assert not (run / "results.json").exists() and (run / "last.pt").exists()
     args = shlex.split(resume)
     assert args[0] == "metarun" and args[-2:] == ["trainer.resume=true", f"hydra.run.dir={run}"]
-    assert "trainer.test_episodes=600" in args
+    assert "trainer.test_episodes=150" in args
     resumed = subprocess.run([command(), *args[1:-3], "trainer.test_episodes=40", *args[-2:]], cwd=tmp_path,
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode != 0 and "trainer.test_episodes" in resumed.stderr  # another test set is another run

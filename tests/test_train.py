@@ -143,7 +143,7 @@ class Recorder(NullLogger):
 
 
 def test_overfitting_one_meta_batch_drives_the_training_loss_down(tmp_path):
-    cfg, choices = compose_run(["debug=overfit", "logger=none", "algo=protonet", "trainer.steps=40", "trainer.progress=false",
+    cfg, choices = compose_run(["debug=overfit", "logger=none", "algo=protonet", "trainer.steps=40", "trainer.meta_batch_size=1", "trainer.progress=false",
                                 "trainer.log_every=1", "trainer.eval_every=40"])
     trainer = build_trainer(cfg, tmp_path, choices)
     trainer.logger = Recorder()

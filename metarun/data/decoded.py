@@ -20,6 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from metarun.data.augment import Augmentation
+from metarun.data.cache import one_builder
 from metarun.data.split import ImageSplit
 from metarun.errors import MetarunError
 
@@ -50,7 +51,9 @@ def decoded_split(
     digest = hashlib.sha256(repr((key, names, counts.tolist(), image_size, channels, CACHE_VERSION)).encode()).hexdigest()[:16]
     path = Path(cache_dir).expanduser() / f"images-{digest}.npy"
     if not path.exists():
-        _decode_into(path, [item for name in names for item in classes[name]], image_size, channels)
+        with one_builder(path):
+            if not path.exists():  # decoded by another process while this one waited
+                _decode_into(path, [item for name in names for item in classes[name]], image_size, channels)
     images = torch.from_numpy(np.load(path, mmap_mode="c"))  # copy-on-write: pages load on first touch
     offsets = torch.cumsum(counts, 0) - counts
     return ImageSplit(images, offsets, counts, names, mean=tuple(mean), std=tuple(std), augment=augment)

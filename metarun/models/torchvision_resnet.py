@@ -6,12 +6,11 @@ from typing import Literal, Sequence
 
 import torch
 from torch import Tensor, nn
-from torchvision import models
 
 from metarun.errors import MetarunError
 from metarun.models.norm import BatchNorm2d
 
-DEPTHS = {18: models.resnet18, 34: models.resnet34, 50: models.resnet50}
+DEPTHS = (18, 34, 50)
 
 
 class TorchvisionResNet(nn.Module):
@@ -30,7 +29,9 @@ class TorchvisionResNet(nn.Module):
         if len(input_shape) != 3:
             raise MetarunError(f"backbone=resnet{depth} reads images [C, H, W], but this data set's inputs have shape {tuple(input_shape)}")
         channels, height, width = input_shape
-        net = DEPTHS[depth](weights=None)
+        from torchvision import models  # here, not at the top: importing torchvision costs every metarun start seconds
+
+        net = getattr(models, f"resnet{depth}")(weights=None)
         small = min(height, width) < 64 if small_input == "auto" else bool(small_input)
         if small:
             net.conv1 = nn.Conv2d(channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
