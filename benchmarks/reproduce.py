@@ -33,6 +33,7 @@ PLAN = ROOT / "benchmarks" / "reproduce.yaml"
 RESULTS = ROOT / "benchmarks" / "results"
 TABLE = ROOT / "RESULTS.md"
 CHECKPOINTS = ROOT / "benchmarks" / "checkpoints"  # of runs stopped short of their budget: see keep_checkpoints
+KEEP_AT_MOST_MB = 8  # a run's checkpoints above this stay in its run folder: the repository is no weights store
 RUNS = Path("outputs") / "reproduce"  # relative to the repository root, as the commands are printed
 DRIVER_OVERRIDES = ["trainer.resume=auto", "trainer.progress=false"]  # every run's, after its own
 WITHIN = 1.0  # points: a row "matches" its paper when at most this far below it
@@ -118,9 +119,12 @@ def reproduce(run: str, spec: dict) -> None:
 
 def keep_checkpoints(run: str, folder: Path, short: bool) -> None:
     """Copy the run's checkpoints (last.pt, best.pt, an ensemble's top_*.pt) to CHECKPOINTS/<run>/
-    while it is short of its budget; drop them once it has reached it."""
+    while it is short of its budget and they are small (a Conv4's); drop them once it has reached it."""
     shutil.rmtree(CHECKPOINTS / run, ignore_errors=True)
-    if short:
+    megabytes = sum(checkpoint.stat().st_size for checkpoint in folder.glob("*.pt")) / 2**20
+    if short and megabytes > KEEP_AT_MOST_MB:
+        print(f"{run}: its checkpoints ({megabytes:.0f} MB) stay in {folder}, above the {KEEP_AT_MOST_MB} MB the repository keeps", flush=True)
+    elif short:
         copy_checkpoints(folder, CHECKPOINTS / run)
 
 

@@ -96,6 +96,9 @@ def test_a_short_run_keeps_its_checkpoints_for_a_fresh_checkout_and_its_curve_jo
     assert (fresh / "last.pt").read_bytes() == b"newer"
     reproduce.keep_checkpoints("maml", trained, short=False)  # the budget reached: nothing kept
     assert not (tmp_path / "kept" / "maml").exists()
+    monkeypatch.setattr(reproduce, "KEEP_AT_MOST_MB", 1e-6)
+    reproduce.keep_checkpoints("maml", trained, short=True)  # too big for the repository: left in the run folder
+    assert not (tmp_path / "kept" / "maml").exists() and (trained / "last.pt").exists()
     recorded = [[1000, 0.5], [2000, 0.6], [3000, 0.7]]
     assert reproduce.joined_curve(recorded, [(3000, 0.71), (4000, 0.8)]) == [[1000, 0.5], [2000, 0.6], [3000, 0.71], [4000, 0.8]]
     assert reproduce.joined_curve(recorded, [(1000, 0.4)]) == [[1000, 0.4]]  # trained again from the start
