@@ -54,10 +54,13 @@ def test_tensorboard_has_train_val_test_scalars_and_one_hparams_entry(smoke_cfg,
     assert {"test/acc_ci95", "val/best_acc", "train/minutes", "train/tasks_per_s"} <= tags
 
 
+NARROW = "backbone.filters=16"  # a quarter of the smoke's work for the second-order methods; what is tested does not need width
+
+
 @pytest.mark.parametrize("algo", ["maml", "fomaml", "anil", "protonet", "metasgd", "mamlpp", "reptile", "matchingnet",
                                   "relationnet", "siamese", "baseline", "baselinepp", "imp"])
 def test_every_algorithm_runs_end_to_end(smoke_cfg, tmp_path, algo):
-    cfg, choices = smoke_cfg(f"algo={algo}", *(["algo.eval_inner_steps=5"] if algo == "reptile" else []))
+    cfg, choices = smoke_cfg(f"algo={algo}", NARROW, *(["algo.eval_inner_steps=5"] if algo == "reptile" else []))
     assert 0 <= train(cfg, tmp_path, choices)["test"]["acc"] <= 1
 
 
@@ -117,7 +120,7 @@ def crash():
 @pytest.mark.parametrize("algo", [[], ANNEALED, REPTILE, [*REPTILE, "algo.inner_state=carried"]],
                          ids=["maml", "mamlpp", "reptile", "reptile-carried-adam"])
 def test_a_run_stopped_half_way_and_resumed_ends_with_the_same_results(smoke_cfg, tmp_path, caplog, algo):
-    overrides = ("trainer.steps=6", "trainer.eval_every=2", *algo)
+    overrides = ("trainer.steps=6", "trainer.eval_every=2", NARROW, *algo)
     cfg, choices = smoke_cfg(*overrides)
     straight = train(cfg, tmp_path / "straight", choices)
     with pytest.raises(KeyboardInterrupt):
