@@ -33,6 +33,10 @@ CIFAR100 = SHARED_DATA / "cifar100"
 
 # A fast CPU run on synthetic data: what most tests start from.
 SMOKE = ["debug=smoke", "logger=none"]
+# Narrow convolutions for the smoke runs that show a method or config trains and tests, not how well:
+# most of their time was the second-order methods' width.
+NARROW_FILTERS = 16
+NARROW = f"backbone.filters={NARROW_FILTERS}"
 
 
 def compose_run(overrides: list[str]) -> tuple[DictConfig, dict[str, str]]:

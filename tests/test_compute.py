@@ -14,7 +14,7 @@ from metarun.episodes import EpisodeBatch
 from metarun.errors import MetarunError
 from metarun.memory import PassPlan, plan_passes, resumed_plan, task_peak_bytes
 from metarun.tasks import Classification, Regression
-from tests.helpers import compose_run
+from tests.helpers import NARROW, compose_run
 
 CPU = torch.device("cpu")
 IMAGE = (1, 28, 28)
@@ -98,7 +98,7 @@ def test_sinusoid_regression_under_bf16_keeps_its_meta_gradient():
 def test_every_method_trains_and_tests_in_each_precision(tmp_path, algo, precision):
     extra = {"reptile": ["algo.eval_inner_steps=5"], "relationnet": ["backbone=relationnet_embedding"],
              "metalstm": ["algo.inner_steps=2", "algo.eval_inner_steps=2"]}.get(algo, [])
-    results = run(tmp_path, "debug=smoke", "logger=none", f"algo={algo}", f"trainer.precision={precision}", "backbone.filters=16", *extra)
+    results = run(tmp_path, "debug=smoke", "logger=none", f"algo={algo}", f"trainer.precision={precision}", NARROW, *extra)
     assert 0 <= results["test"]["acc"] <= 1 and results["precision"] == precision
     assert (tmp_path / "best.pt").exists()
 

@@ -16,7 +16,7 @@ from metarun.errors import MetarunError
 from metarun.interrupts import RunInterrupted
 from metarun.loggers import NullLogger
 from metarun.trainer import Trainer
-from tests.helpers import compose_run
+from tests.helpers import NARROW, compose_run
 
 
 def read_results(run_dir):
@@ -52,9 +52,6 @@ def test_tensorboard_has_train_val_test_scalars_and_one_hparams_entry(smoke_cfg,
     assert "_hparams_/session_start_info" in plugin and "_hparams_/session_end_info" in plugin
     assert "_hparams_/experiment" not in plugin
     assert {"test/acc_ci95", "val/best_acc", "train/minutes", "train/tasks_per_s"} <= tags
-
-
-NARROW = "backbone.filters=16"  # a quarter of the smoke's work for the second-order methods; what is tested does not need width
 
 
 @pytest.mark.parametrize("algo", ["maml", "fomaml", "anil", "protonet", "metasgd", "mamlpp", "reptile", "matchingnet",
