@@ -71,8 +71,13 @@ def load_records(folder: Path = RESULTS) -> dict[str, dict]:
     return {path.stem: json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))}
 
 
+def run_overrides(spec: dict) -> list[str]:
+    """The run's own overrides; a run that `starts_from` another begins from its best weights (init_from)."""
+    return [*spec["train"], *([f"init_from={RUNS / spec['starts_from']}"] if spec.get("starts_from") else [])]
+
+
 def train_command(run: str, spec: dict) -> list[str]:
-    return ["metarun", *spec["train"], *DRIVER_OVERRIDES, f"hydra.run.dir={RUNS / run}"]
+    return ["metarun", *run_overrides(spec), *DRIVER_OVERRIDES, f"hydra.run.dir={RUNS / run}"]
 
 
 def eval_command(run: str, overrides: list[str]) -> list[str]:
@@ -91,7 +96,12 @@ def reproduce(run: str, spec: dict) -> None:
         print(f"{run}: recorded in {record_path.relative_to(ROOT)}")
         return
     folder = RUNS / run
-    if not finished(folder, spec["train"]):
+    if not finished(folder, run_overrides(spec)):
+        if spec.get("starts_from"):
+            earlier = spec["starts_from"]
+            restore_checkpoints(earlier, RUNS / earlier)
+            if not (RUNS / earlier / "last.pt").exists():
+                raise MetarunError(f"{run} starts from the weights of {earlier}: train it first (--runs {earlier} {run})")
         restore_checkpoints(run, folder)
         print(f"{run}: {' '.join(train_command(run, spec))}", flush=True)
         subprocess.run(train_command(run, spec), check=True)
@@ -150,14 +160,14 @@ def joined_curve(recorded: list[list], logged: list[tuple[int, float]]) -> list[
     return [list(point) for point in recorded if point[0] < start] + [list(point) for point in logged]
 
 
-def finished(folder: Path, train: list[str]) -> bool:
-    """Whether `folder` holds the results of a run whose last command had exactly the `train`
+def finished(folder: Path, overrides: list[str]) -> bool:
+    """Whether `folder` holds the results of a run whose last command had exactly these
     overrides (an override added, changed or taken away since, such as a raised trainer.steps,
     trains on, resuming from its last.pt)."""
-    overrides = folder / ".hydra" / "overrides.yaml"  # Hydra rewrites it at every start in the folder
-    if not (folder / "results.json").exists() or not overrides.exists():
+    started = folder / ".hydra" / "overrides.yaml"  # Hydra rewrites it at every start in the folder
+    if not (folder / "results.json").exists() or not started.exists():
         return False
-    return yaml.safe_load(overrides.read_text()) == [*train, *DRIVER_OVERRIDES]
+    return yaml.safe_load(started.read_text()) == [*overrides, *DRIVER_OVERRIDES]
 
 
 def machine() -> str:
@@ -205,7 +215,7 @@ def render(plan: dict, records: dict[str, dict]) -> str:
         if record:
             hours += record["results"]["train"]["seconds"] / 3600
         for row in spec["rows"]:
-            cells, match = row_cells(run, spec, row, record)
+            cells, match = row_cells(run, spec, row, record, prior_training(plan, records, run))
             lines.append("| " + " | ".join(cells) + " |")
             scored += match is not None
             matched += bool(match)
@@ -219,28 +229,39 @@ def render(plan: dict, records: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def row_cells(run: str, spec: dict, row: dict, record: dict | None) -> tuple[list[str], bool | None]:
-    """The row's cells, and whether it is within WITHIN of its paper (None: no paper number, or not run)."""
+def prior_training(plan: dict, records: dict[str, dict], run: str) -> tuple[int, float]:
+    """The steps and seconds of the runs that `run` continues (starts_from, and what that one starts from)."""
+    earlier = plan["runs"][run].get("starts_from")
+    if not earlier or earlier not in records:
+        return 0, 0.0
+    steps, seconds = prior_training(plan, records, earlier)
+    results = records[earlier]["results"]
+    return steps + results["steps"], seconds + results["train"]["seconds"]
+
+
+def row_cells(run: str, spec: dict, row: dict, record: dict | None, prior: tuple[int, float] = (0, 0.0)) -> tuple[list[str], bool | None]:
+    """The row's cells, and whether it is within WITHIN of its paper (None: no paper number, or not run);
+    `prior`: the steps and seconds of the runs it continues, counted in its steps, best step and minutes."""
     paper = row.get("paper")
     paper_cell = f"{paper:.2f} ({row['source']})" if paper is not None else f"— ({row['source']})"
     scored = record is not None and (not row.get("eval") or " ".join(row["eval"]) in record["evals"])
     if not scored:
         return [run.split("_")[0], planned_data(spec), row["setting"], paper_cell, "not run yet", "", str(spec["paper_steps"]), "", "", "", row["protocol"]], None
-    results = record["results"]
+    results, (prior_steps, prior_seconds) = record["results"], prior
     test = record["evals"][" ".join(row["eval"])]["test"] if row.get("eval") else results["test"]
     ours, ci = row_accuracy(test, row)
     delta = ours - paper if paper is not None else None
     match = None if delta is None else delta >= -WITHIN
     curve = record["val_curve"]
-    best_step = results["val"]["best_step"]
+    best_step = prior_steps + results["val"]["best_step"]
     best_cell = f"{best_step} ({100 * results['val']['best_acc']:.1f}; last {100 * curve[-1][1]:.1f})" if curve else str(best_step)
     cells = [
         results["algorithm"], results["data"], row["setting"], paper_cell,
         f"{ours:.2f} ± {ci:.2f} ({test['episodes']} ep.)",
         "" if delta is None else f"{delta:+.2f}" + (" ✓" if match else ""),
-        f"{results['steps']:,} ({spec['paper_steps']})",
+        steps_cell(prior_steps, results["steps"], spec["paper_steps"]),
         best_cell,
-        train_minutes(results, spec.get("full_steps")),
+        train_minutes(prior_steps + results["steps"], prior_seconds + results["train"]["seconds"], spec.get("full_steps")),
         f"{record['machine']}; {results.get('precision', 'fp32')}",
         row["protocol"],
     ]
@@ -256,13 +277,19 @@ def planned_data(spec: dict) -> str:
     return next(entry["override /data"] for entry in experiment["defaults"] if isinstance(entry, dict) and "override /data" in entry)
 
 
-def train_minutes(results: dict, full_steps: int | None) -> str:
+def steps_cell(prior_steps: int, steps: int, paper_steps: str) -> str:
+    """16,000 (11,000 + 5,000; the paper's): a continued run's steps with those it continues."""
+    parts = f"{prior_steps:,} + {steps:,}; " if prior_steps else ""
+    return f"{prior_steps + steps:,} ({parts}{paper_steps})"
+
+
+def train_minutes(steps: int, seconds: float, full_steps: int | None) -> str:
     """Minutes trained; for a run stopped short of the paper's `full_steps`, also the hours all of
     them would take at the rate this run measured."""
-    minutes = results["train"]["seconds"] / 60
-    if not full_steps or results["steps"] >= full_steps:
+    minutes = seconds / 60
+    if not full_steps or steps >= full_steps:
         return f"{minutes:.0f}"
-    return f"{minutes:.0f} ({minutes * full_steps / results['steps'] / 60:.1f} h for {full_steps:,} steps)"
+    return f"{minutes:.0f} ({minutes * full_steps / steps / 60:.1f} h for {full_steps:,} steps)"
 
 
 def row_accuracy(test: dict, row: dict) -> tuple[float, float]:

@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import metarun
+from metarun import checkpoints
 from metarun.compute import Compute, resolve_channels_last, resolve_precision, resolve_task_batching
 from metarun.data import DataSplits
 from metarun.data.augment import Augmentation
@@ -54,7 +55,12 @@ def build_trainer(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> Tr
         distributed.check(settings.meta_batch_size)
         device = distributed.device_for(device)
         run_dir = Path(distributed.from_main(str(run_dir)))  # each process's Hydra named its own folder
-    splits, algorithm, compute = model_and_data(cfg, choices, device, settings, train_spec, eval_spec, distributed)
+    weights, trained_shape = None, None
+    if cfg.get("init_from"):  # a new run from another's learned weights; trainer.resume then restores this run's own
+        metadata, weights = checkpoints.read_weights(Path(cfg.init_from).expanduser(), "init_from")
+        trained_shape = (metadata.get("input") or {}).get("shape")
+    splits, algorithm, compute = model_and_data(cfg, choices, device, settings, train_spec, eval_spec, distributed,
+                                                weights, trained_shape, weights_from=f"init_from={cfg.get('init_from')}")
     if settings.test_ensemble > 1 and splits.task.name != "classification":
         raise MetarunError(f"trainer.test_ensemble={settings.test_ensemble} averages class probabilities; "
                            f"this data set is a {splits.task.name} task")
@@ -88,21 +94,21 @@ def build_trainer(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> Tr
 
 def model_and_data(cfg: DictConfig, choices: dict[str, str], device: torch.device, settings: LoopSettings,
                    train_spec: EpisodeSpec, eval_spec: EpisodeSpec, distributed: SingleProcess,
-                   weights: dict | None = None, trained_shape: list[int] | None = None):
+                   weights: dict | None = None, trained_shape: list[int] | None = None, weights_from: str = "the run"):
     """What training and metarun-eval build alike: the seeded splits on `device`, the algorithm for
-    them (with `weights` if given; data whose inputs are not `trained_shape` refused in one line) and
-    its Compute (precision, memory format, tasks per pass)."""
+    them (with `weights` if given, read from `weights_from`; data whose inputs are not `trained_shape`
+    refused in one line) and its Compute (precision, memory format, tasks per pass)."""
     seed_everything(cfg.seed)
     if cfg.get("deterministic"):
         use_deterministic_kernels()
     splits = load_splits(cfg, train_spec, eval_spec, choices)
     if trained_shape is not None and list(splits.test.input_shape) != list(trained_shape):
         raise MetarunError(f"data={choices.get('data')} gives inputs of shape {list(splits.test.input_shape)}; "
-                           f"the run was trained on {list(trained_shape)}")
+                           f"{weights_from} was trained on {list(trained_shape)}")
     splits = splits.to(device)
     algorithm = build_algorithm(cfg, splits.train.input_shape, splits.task, device, choices)
     if weights is not None:
-        algorithm.load_state_dict(weights)
+        load_trained(algorithm, weights, weights_from, choices)
     compute = resolve_compute(settings, device, splits.train.input_shape, algorithm.inner_loop)
     compute.place(algorithm)
     compute = plan_memory(compute, settings, algorithm, splits, train_spec, eval_spec, cfg.seed, distributed)
@@ -191,6 +197,19 @@ def build_algorithm(cfg: DictConfig, input_shape: tuple[int, ...], task: Task, d
         raise MetarunError(f"backbone.freeze=true leaves algo={choices.get('algo')} nothing to train; "
                            "freeze the backbone only for methods with a head (baseline, maml, anil, ...)")
     return algorithm
+
+
+def load_trained(algorithm, weights: dict, weights_from: str, choices: dict[str, str]) -> None:
+    """Load a trained run's weights, refusing in one line those of another method, architecture or class count."""
+    own = algorithm.state_dict()
+    problems = ([f"{key} is missing" for key in own if key not in weights]
+                + [f"{key} has shape {tuple(weights[key].shape)} there, {tuple(own[key].shape)} here"
+                   for key in own if key in weights and weights[key].shape != own[key].shape]
+                + [f"{key} is not in algo={choices.get('algo')}" for key in weights if key not in own])
+    if problems:
+        raise MetarunError(f"the weights of {weights_from} do not fit algo={choices.get('algo')} "
+                           f"backbone={choices.get('backbone')}: {problems[0]} ({len(problems)} mismatches)")
+    algorithm.load_state_dict(weights)
 
 
 def build_backbone(backbone_cfg: DictConfig, input_shape: tuple[int, ...]):

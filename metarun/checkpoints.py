@@ -69,6 +69,19 @@ def read_run(run: Path) -> tuple[dict, dict[str, Tensor]]:
     return load(last)["metadata"], load(best if best.is_file() else last)["algorithm"]
 
 
+def read_weights(source: Path, option: str) -> tuple[dict, dict[str, Tensor]]:
+    """A run folder's metadata and best weights (read_run), or one checkpoint file's weights
+    (best.pt, last.pt, top_<step>.pt) with the metadata it holds, if any; `option` names the source in errors."""
+    if source.is_dir():
+        return read_run(source)
+    if not source.is_file():
+        raise MetarunError(f"{option}={source}: no such run folder or checkpoint file")
+    state = load(source)
+    if not isinstance(state, dict) or "algorithm" not in state:
+        raise MetarunError(f"{option}={source} is not a metarun checkpoint: give a run folder or its best.pt, last.pt or top_<step>.pt")
+    return state.get("metadata", {}), state["algorithm"]
+
+
 @dataclass
 class TrainingState:
     """The objects a checkpoint saves and restores together, with every random generator; the

@@ -82,7 +82,7 @@ def rescore(run: Path, overrides: list[str]) -> tuple[dict, Path]:
     cfg.backbone.weights = None  # the checkpoint holds the trained weights
     # A train_on_val run's heads count the validation classes too: the data are loaded as training did.
     splits, algorithm, compute = model_and_data(cfg, choices, device, settings, train_spec, eval_spec, SingleProcess(),
-                                                weights, (metadata.get("input") or {}).get("shape"))
+                                                weights, (metadata.get("input") or {}).get("shape"), weights_from=f"run={run}")
     episodes = fixed_episodes(splits.test, eval_spec, settings.test_episodes, cfg.eval_seed, "test")
     metric = splits.task.monitor
     ways, shots, queries = eval_spec.ways, eval_spec.shots, eval_spec.queries

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from metarun import checkpoints
-from metarun.build import train
+from metarun.build import build_trainer, train
 from metarun.errors import MetarunError
 from metarun.predict import predict
-from tests.helpers import compose_run
+from tests.helpers import NARROW, SMOKE, compose_run
 
 
 class RunsCode:
@@ -73,3 +73,28 @@ def test_an_option_added_since_a_run_was_saved_does_not_block_its_resume_but_a_c
     assert config_differences(saved, now) == []  # more steps, the data moved, two options metarun gained since
     assert config_differences(saved, {**now, "algo": {"inner_lr": 0.1}}) == ["algo.inner_lr"]
     assert config_differences(saved, {"trainer": {"steps": 10}, "data": {"root": "/a"}}) == ["algo.inner_lr", "trainer.grad_clip"]
+
+
+def test_init_from_starts_a_new_run_from_another_runs_best_weights_with_a_fresh_optimiser(tmp_path):
+    first = tmp_path / "first"
+    cfg, choices = compose_run([*SMOKE, "algo=protonet", NARROW])
+    train(cfg, first, choices)
+    best = checkpoints.load(first / "best.pt")["algorithm"]
+    for source in (first, first / "best.pt"):  # the run folder or one of its checkpoints
+        cfg, choices = compose_run([*SMOKE, "algo=protonet", NARROW, f"init_from={source}", "scheduler=step"])
+        trainer = build_trainer(cfg, tmp_path / "second", choices)
+        weights = trainer.algorithm.state_dict()
+        assert weights.keys() == best.keys() and all(torch.equal(weights[key].cpu(), best[key]) for key in best)
+        assert trainer.progress.step == 0 and not trainer.optimizer.state
+
+
+def test_init_from_weights_of_another_architecture_or_no_run_is_refused_in_one_line(tmp_path):
+    cfg, choices = compose_run([*SMOKE, "algo=protonet", NARROW])
+    train(cfg, tmp_path / "narrow", choices)
+    wide, choices = compose_run([*SMOKE, "algo=protonet", f"init_from={tmp_path / 'narrow'}"])
+    with pytest.raises(MetarunError, match=r"do not fit algo=protonet backbone=conv4: .* has shape") as refused:
+        build_trainer(wide, tmp_path / "wide", choices)
+    assert "\n" not in str(refused.value)
+    nowhere, choices = compose_run([*SMOKE, "algo=protonet", f"init_from={tmp_path / 'nowhere'}"])
+    with pytest.raises(MetarunError, match="no such run folder or checkpoint file"):
+        build_trainer(nowhere, tmp_path / "wide", choices)

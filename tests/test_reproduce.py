@@ -102,3 +102,18 @@ def test_a_short_run_keeps_its_checkpoints_for_a_fresh_checkout_and_its_curve_jo
     recorded = [[1000, 0.5], [2000, 0.6], [3000, 0.7]]
     assert reproduce.joined_curve(recorded, [(3000, 0.71), (4000, 0.8)]) == [[1000, 0.5], [2000, 0.6], [3000, 0.71], [4000, 0.8]]
     assert reproduce.joined_curve(recorded, [(1000, 0.4)]) == [[1000, 0.4]]  # trained again from the start
+
+
+def test_a_run_that_starts_from_another_trains_from_its_weights_and_counts_its_steps_and_minutes(reproduce):
+    plan = {"runs": {
+        "relationnet_first": {"train": ["experiment=x", "trainer.steps=20000"], "paper_steps": "1,000,000", "rows": []},
+        "relationnet_decayed": {"train": ["experiment=x", "scheduler.step_size=1000"], "starts_from": "relationnet_first",
+                                "paper_steps": "1,000,000", "full_steps": 1000000,
+                                "rows": [{"setting": "20-way 1-shot", "paper": 97.6, "source": "Sung", "protocol": "p"}]}}}
+    command = reproduce.train_command("relationnet_decayed", plan["runs"]["relationnet_decayed"])
+    assert f"init_from={reproduce.RUNS / 'relationnet_first'}" in command
+    table = reproduce.render(plan, {"relationnet_first": record(0.95), "relationnet_decayed": record(0.97)})
+    assert table.count("| relationnet |") == 0 and table.count("| protonet | omniglot | 20-way 1-shot |") == 1  # one row
+    # 20,000 + 20,000 steps, best at 20,000 + 19,000, 30 + 30 minutes
+    assert "| 40,000 (20,000 + 20,000; 1,000,000) | 39000 (95.0; last 94.9) | 60 (25.0 h for 1,000,000 steps) |" in table
+    assert "1.0 training hours" in table
