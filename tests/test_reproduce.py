@@ -117,3 +117,8 @@ def test_a_run_that_starts_from_another_trains_from_its_weights_and_counts_its_s
     # 20,000 + 20,000 steps, best at 20,000 + 19,000, 30 + 30 minutes
     assert "| 40,000 (20,000 + 20,000; 1,000,000) | 39000 (95.0; last 94.9) | 60 (25.0 h for 1,000,000 steps) |" in table
     assert "1.0 training hours" in table
+    # a run testing its last weights (train_on_val: validation saw its classes) names no validation step
+    last = record(0.97)
+    last["results"]["tested"] = {"weights": "last", "step": 20000}
+    table = reproduce.render(plan, {"relationnet_first": record(0.95), "relationnet_decayed": last})
+    assert "| — (the last weights, of step 40,000) |" in table
