@@ -42,6 +42,17 @@ def test_dropblock_drops_about_its_rate_in_blocks_and_only_in_training():
     assert out.sum().item() == pytest.approx(x.sum().item(), rel=0.05)  # rescaled to keep the mean
 
 
+def test_conv4_takes_one_width_per_block_from_the_command_line():
+    # R2D2's 64-96-128-256 embedding, narrowed; Relation Networks reads the last width from out_shape
+    cfg, choices = compose_run(["algo=relationnet", "backbone=relationnet_embedding", "backbone.filters=[4,6,8,10]", "algo.filters=4"])
+    algorithm = build_algorithm(cfg, (1, 28, 28), Classification(), torch.device("cpu"), choices)
+    assert [block[0].out_channels for block in algorithm.backbone.blocks] == [4, 6, 8, 10]
+    assert algorithm.backbone.out_shape == (10, 5, 5) and algorithm.relation.blocks[0][0].in_channels == 20
+    cfg, _ = compose_run(["backbone.filters=[4,6]"])
+    with pytest.raises(MetarunError, match=r"backbone.filters=\[4, 6\] names 2 widths for 4 blocks"):
+        build_backbone(cfg.backbone, (1, 28, 28))
+
+
 def test_torchvision_resnet_small_input_stem_and_metarun_batch_norm():
     net = TorchvisionResNet((3, 32, 32), depth=18)
     assert net.out_features == 512 and net(torch.randn(2, 3, 32, 32)).shape == (2, 512)

@@ -29,6 +29,7 @@ def conv_block(in_channels: int, out_channels: int, pooling: Pooling | None, pad
 class Conv4(nn.Module):
     """4 x [conv3x3 `filters`, batch norm, ReLU, max-pool 2], flattened.
 
+    filters: one width for every block, or one per block (R2D2's 64-96-128-256).
     pooling="stride" is the MAML paper's Omniglot network: stride-2 convolutions instead of
     max-pooling, then the mean over space (a quarter of the compute).
     pooled_blocks < blocks leaves the last blocks without pooling, and unpadded_blocks > 0 the first
@@ -38,7 +39,7 @@ class Conv4(nn.Module):
     `filters`).
     """
 
-    def __init__(self, input_shape: Sequence[int], filters: int = 64, blocks: int = 4, pooling: Pooling = "max",
+    def __init__(self, input_shape: Sequence[int], filters: int | Sequence[int] = 64, blocks: int = 4, pooling: Pooling = "max",
                  pooled_blocks: int | None = None, unpadded_blocks: int = 0):
         super().__init__()
         if len(input_shape) != 3:
@@ -52,13 +53,16 @@ class Conv4(nn.Module):
         if min(side) < 1:
             raise MetarunError(f"Conv4 with {pooled} max-pooling and {unpadded_blocks} unpadded blocks leaves no map "
                                f"of {height}x{width} images; use larger images or fewer such blocks")
-        channels = [in_channels] + [filters] * blocks
+        widths = [filters] * blocks if isinstance(filters, int) else list(filters)
+        if len(widths) != blocks:
+            raise MetarunError(f"backbone.filters={widths} names {len(widths)} widths for {blocks} blocks; give one per block or one for all")
+        channels = [in_channels] + widths
         self.blocks = nn.Sequential(*(
             conv_block(a, b, pooling if index < pooled else None, padding=0 if index < unpadded_blocks else 1)
             for index, (a, b) in enumerate(zip(channels, channels[1:]))))
         self.pooling = pooling
-        self.out_shape = (filters, *side)
-        self.out_features = filters * side[0] * side[1]
+        self.out_shape = (widths[-1], *side)
+        self.out_features = widths[-1] * side[0] * side[1]
 
     def forward(self, x: Tensor) -> Tensor:
         features = self.blocks(x)  # [B, filters, h, w]
