@@ -254,9 +254,12 @@ def row_cells(run: str, spec: dict, row: dict, record: dict | None, prior: tuple
     match = None if delta is None else delta >= -WITHIN
     curve = record["val_curve"]
     best_step = prior_steps + results["val"]["best_step"]
-    best_cell = f"{best_step} ({100 * results['val']['best_acc']:.1f}; last {100 * curve[-1][1]:.1f})" if curve else str(best_step)
     if results.get("tested", {}).get("weights") == "last":  # no validation chose them (train_on_val: it saw those classes)
         best_cell = f"— (the last weights, of step {prior_steps + results['tested']['step']:,})"
+    elif curve:
+        best_cell = f"{best_step} ({100 * results['val']['best_acc']:.1f}; last {100 * curve[-1][1]:.1f})"
+    else:
+        best_cell = str(best_step)
     cells = [
         results["algorithm"], results["data"], row["setting"], paper_cell,
         f"{ours:.2f} ± {ci:.2f} ({test['episodes']} ep.)",
