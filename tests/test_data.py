@@ -30,6 +30,22 @@ def test_lake_protocol_trains_on_background_and_tests_on_evaluation_alphabets(tm
     assert len(val_alphabets) == 1 and not val_alphabets & {n.split("/")[1] for n in splits.train.class_names}
 
 
+def test_characters_protocol_draws_characters_regardless_of_alphabet_with_rotations(tmp_path):
+    root = make_fake_omniglot(tmp_path / "omniglot")
+    splits = load_omniglot(str(root), protocol="characters", split_seed=0, cache_dir=str(tmp_path / "cache"))
+    characters = [{name.rsplit("/", 1)[0] for name in split.class_names} for _, split in splits.items()]
+    assert [len(c) for c in characters] == [6, 1, 3]  # Vinyals's 1,028 / 172 / 423 of 1,623, scaled to 10
+    assert [split.num_classes for _, split in splits.items()] == [24, 4, 12]  # each character in 4 rotations
+    assert set.union(*characters) == {f"{part}/{a}/character{c:02d}" for part, alphabets in (
+        ("background", {"Alpha": 3, "Beta": 3, "Gamma": 2}), ("evaluation", {"Delta": 2})) for a, n in alphabets.items()
+        for c in range(1, n + 1)}
+    same = load_omniglot(str(root), protocol="characters", split_seed=0, cache_dir=str(tmp_path / "cache"))
+    assert same.test.class_names == splits.test.class_names
+    others = {tuple(load_omniglot(str(root), protocol="characters", split_seed=seed, cache_dir=str(tmp_path / "cache")).test.class_names)
+              for seed in range(1, 4)}
+    assert others - {tuple(splits.test.class_names)}  # the seed chooses the split
+
+
 def test_images_are_ink_on_black_after_the_resize(tmp_path):
     splits = lake(make_fake_omniglot(tmp_path / "omniglot"), tmp_path / "cache")
     images = splits.train.images.float()
@@ -101,6 +117,14 @@ def test_an_unknown_protocol_is_refused(tmp_path):
 
 
 @pytest.mark.slow
+@requires_omniglot()
+def test_real_omniglot_characters_split_has_vinyals_sizes_and_shares_alphabets_between_train_and_test(tmp_path):
+    splits = load_omniglot(str(OMNIGLOT), protocol="characters", cache_dir=str(tmp_path))
+    assert (splits.train.num_classes, splits.val.num_classes, splits.test.num_classes) == (4 * 1028, 4 * 172, 4 * 423)
+    train, test = ({name.rsplit("/", 2)[0] for name in split.class_names} for split in (splits.train, splits.test))
+    assert len(test) > 40 and test <= train  # test characters come from (nearly) every alphabet, all seen in training
+
+
 @requires_omniglot()
 def test_real_omniglot_vinyals_split_has_the_published_sizes_and_disjoint_classes(tmp_path):
     splits = load_omniglot(str(OMNIGLOT), protocol="vinyals", cache_dir=str(tmp_path))

@@ -8,6 +8,9 @@ Protocols:
            90/180/270-degree rotations added as new classes, as the published results use.
   lake:    train on the 30 background alphabets, test on the 20 evaluation alphabets; a few
            background alphabets, chosen by `split_seed`, are held out for validation; no rotations.
+  characters: the characters drawn at random (`split_seed`) regardless of alphabet, in Vinyals's
+           sizes, with rotations: test alphabets are seen in training, as in the reference codes of
+           Relation Networks (1,200 / 423) and MAML (1,100 / 100 / 423), which shuffle characters.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ IMAGES_PER_CHARACTER = 20
 
 def load_omniglot(
     root: str,
-    protocol: Literal["vinyals", "lake"] = "vinyals",
+    protocol: Literal["vinyals", "lake", "characters"] = "vinyals",
     image_size: int = 28,
     download: bool | str = False,
     cache_dir: str = "~/.cache/metarun",
@@ -55,8 +58,8 @@ def load_omniglot(
     (default: the official address) checked against `checksums` (default: the official md5s);
     label_level=alphabet: the classes are alphabets, each episode class showing `modes_per_class`
     of its characters (the split's characters: an alphabet may appear in several splits, a character in one)."""
-    if protocol not in ("vinyals", "lake"):
-        raise MetarunError(f"data.protocol={protocol!r} is not known; use 'vinyals' or 'lake'")
+    if protocol not in ("vinyals", "lake", "characters"):
+        raise MetarunError(f"data.protocol={protocol!r} is not known; use 'vinyals', 'lake' or 'characters'")
     if label_level not in ("character", "alphabet"):
         raise MetarunError(f"data.label_level={label_level!r} is not known; use character or alphabet")
     root_path = Path(root).expanduser()
@@ -84,11 +87,11 @@ def _character_splits(root: str, protocol: str, image_size: int, cache_dir: str,
                         build=lambda: decode_characters(sources, image_size))
     names, images = characters["names"], characters["images"]  # list[str], uint8 [1623, 20, 1, S, S]
     by_name = dict(zip(names, images))
-    if protocol == "vinyals":
-        split_names = _vinyals_split_names()
-        return DataSplits(**{s: _with_rotations(by_name, split_names[s]) for s in ("train", "val", "test")})
-    split_names = _lake_split_names(names, lake_val_alphabets, split_seed)
-    return DataSplits(**{s: _plain(by_name, split_names[s]) for s in ("train", "val", "test")})
+    if protocol == "lake":
+        split_names = _lake_split_names(names, lake_val_alphabets, split_seed)
+        return DataSplits(**{s: _plain(by_name, split_names[s]) for s in ("train", "val", "test")})
+    split_names = _vinyals_split_names() if protocol == "vinyals" else _random_character_split_names(names, split_seed)
+    return DataSplits(**{s: _with_rotations(by_name, split_names[s]) for s in ("train", "val", "test")})
 
 
 def _source(root: Path, part: str) -> Path | None:
@@ -159,6 +162,13 @@ def _vinyals_split_names() -> dict[str, list[str]]:
     return {split: [f"{part}/{alphabet}/{character}" for part, alphabets in tree.items()
                     for alphabet, characters in alphabets.items() for character in characters]
             for split, tree in split_lists("omniglot-vinyals").items()}
+
+
+def _random_character_split_names(names: list[str], split_seed: int) -> dict[str, list[str]]:
+    """Characters shuffled by `split_seed`, cut in the Vinyals split's proportions (1,028 / 172 / 423 of 1,623)."""
+    shuffled = random.Random(split_seed).sample(sorted(names), len(names))
+    test, val = round(len(names) * 423 / 1623), round(len(names) * 172 / 1623)
+    return {"train": shuffled[test + val:], "val": shuffled[test:test + val], "test": shuffled[:test]}
 
 
 def _lake_split_names(names: list[str], val_alphabets: int, split_seed: int) -> dict[str, list[str]]:
