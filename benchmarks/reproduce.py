@@ -111,12 +111,15 @@ def reproduce(run: str, spec: dict) -> None:
             print(f"{run}: {' '.join(eval_command(run, row['eval']))}", flush=True)
             evals[" ".join(row["eval"])], _ = rescore(folder, row["eval"])
     results = json.loads((folder / "results.json").read_text())
+    logged = validation_curve(folder / "tb", f"val/{results['metric']}")
+    curve = joined_curve(recorded.get("val_curve", []), logged)
+    resumed = len(curve) > len(logged)  # its earlier steps trained where the record was made, perhaps another machine
     record = {
         "train": spec["train"],
         "results": results,
-        "val_curve": joined_curve(recorded.get("val_curve", []), validation_curve(folder / "tb", f"val/{results['metric']}")),
+        "val_curve": curve,
         "evals": evals,
-        "machine": machine(),
+        "machine": joined_machines(recorded.get("machine") if resumed else None, machine()),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     record_path.write_text(json.dumps(record, indent=1) + "\n")
@@ -181,6 +184,12 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores" + vector_unit()
 
 
+def joined_machines(*machines: str | None) -> str:
+    """'A then B': the machines a run's steps trained on, in order, each named once where it repeats."""
+    names = [name for entry in machines if entry for name in entry.split(" then ")]
+    return " then ".join(name for i, name in enumerate(names) if i == 0 or name != names[i - 1])
+
+
 def vector_unit() -> str:
     """The CPU's widest vector extension, which sets its speed: a 20-way ProtoNet step on CIFAR-100 images
     took 0.13 s in bf16 on an AVX-512 bf16 EPYC (CIFAR-FS) and 0.59 s in fp32 on an AVX2 one (FC100)."""
@@ -229,25 +238,25 @@ def render(plan: dict, records: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def prior_training(plan: dict, records: dict[str, dict], run: str) -> tuple[int, float]:
-    """The steps and seconds of the runs that `run` continues (starts_from, and what that one starts from)."""
+def prior_training(plan: dict, records: dict[str, dict], run: str) -> tuple[int, float, str | None]:
+    """The steps, seconds and machines of the runs that `run` continues (starts_from, and what that one starts from)."""
     earlier = plan["runs"][run].get("starts_from")
     if not earlier or earlier not in records:
-        return 0, 0.0
-    steps, seconds = prior_training(plan, records, earlier)
+        return 0, 0.0, None
+    steps, seconds, machines = prior_training(plan, records, earlier)
     results = records[earlier]["results"]
-    return steps + results["steps"], seconds + results["train"]["seconds"]
+    return steps + results["steps"], seconds + results["train"]["seconds"], joined_machines(machines, records[earlier]["machine"])
 
 
-def row_cells(run: str, spec: dict, row: dict, record: dict | None, prior: tuple[int, float] = (0, 0.0)) -> tuple[list[str], bool | None]:
+def row_cells(run: str, spec: dict, row: dict, record: dict | None, prior: tuple[int, float, str | None] = (0, 0.0, None)) -> tuple[list[str], bool | None]:
     """The row's cells, and whether it is within WITHIN of its paper (None: no paper number, or not run);
-    `prior`: the steps and seconds of the runs it continues, counted in its steps, best step and minutes."""
+    `prior`: the steps, seconds and machines of the runs it continues, counted in its steps, best step, minutes and device."""
     paper = row.get("paper")
     paper_cell = f"{paper:.2f} ({row['source']})" if paper is not None else f"— ({row['source']})"
     scored = record is not None and (not row.get("eval") or " ".join(row["eval"]) in record["evals"])
     if not scored:
         return [run.split("_")[0], planned_data(spec), row["setting"], paper_cell, "not run yet", "", str(spec["paper_steps"]), "", "", "", row["protocol"]], None
-    results, (prior_steps, prior_seconds) = record["results"], prior
+    results, (prior_steps, prior_seconds, prior_machines) = record["results"], prior
     test = record["evals"][" ".join(row["eval"])]["test"] if row.get("eval") else results["test"]
     ours, ci = row_accuracy(test, row)
     delta = ours - paper if paper is not None else None
@@ -267,7 +276,7 @@ def row_cells(run: str, spec: dict, row: dict, record: dict | None, prior: tuple
         steps_cell(prior_steps, results["steps"], spec["paper_steps"]),
         best_cell,
         train_minutes(prior_steps + results["steps"], prior_seconds + results["train"]["seconds"], spec.get("full_steps")),
-        f"{record['machine']}; {results.get('precision', 'fp32')}",
+        f"{joined_machines(prior_machines, record['machine'])}; {results.get('precision', 'fp32')}",
         row["protocol"],
     ]
     return cells, match

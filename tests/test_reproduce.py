@@ -102,6 +102,9 @@ def test_a_short_run_keeps_its_checkpoints_for_a_fresh_checkout_and_its_curve_jo
     recorded = [[1000, 0.5], [2000, 0.6], [3000, 0.7]]
     assert reproduce.joined_curve(recorded, [(3000, 0.71), (4000, 0.8)]) == [[1000, 0.5], [2000, 0.6], [3000, 0.71], [4000, 0.8]]
     assert reproduce.joined_curve(recorded, [(1000, 0.4)]) == [[1000, 0.4]]  # trained again from the start
+    # resumed on another machine, the record names both, each once however often it trained there
+    assert reproduce.joined_machines("A then B", "B") == "A then B" and reproduce.joined_machines(None, "B") == "B"
+    assert reproduce.joined_machines("A", "B", "A") == "A then B then A"
 
 
 def test_a_run_that_starts_from_another_trains_from_its_weights_and_counts_its_steps_and_minutes(reproduce):
@@ -112,11 +115,14 @@ def test_a_run_that_starts_from_another_trains_from_its_weights_and_counts_its_s
                                 "rows": [{"setting": "20-way 1-shot", "paper": 97.6, "source": "Sung", "protocol": "p"}]}}}
     command = reproduce.train_command("relationnet_decayed", plan["runs"]["relationnet_decayed"])
     assert f"init_from={reproduce.RUNS / 'relationnet_first'}" in command
-    table = reproduce.render(plan, {"relationnet_first": record(0.95), "relationnet_decayed": record(0.97)})
+    decayed = record(0.97)
+    decayed["machine"] = "a GPU"
+    table = reproduce.render(plan, {"relationnet_first": record(0.95), "relationnet_decayed": decayed})
     assert table.count("| relationnet |") == 0 and table.count("| protonet | omniglot | 20-way 1-shot |") == 1  # one row
     # 20,000 + 20,000 steps, best at 20,000 + 19,000, 30 + 30 minutes
     assert "| 40,000 (20,000 + 20,000; 1,000,000) | 39000 (95.0; last 94.9) | 60 (25.0 h for 1,000,000 steps) |" in table
     assert "1.0 training hours" in table
+    assert "| a CPU, 2 cores then a GPU; bf16 |" in table  # the machines of both runs, in order
     # a run testing its last weights (train_on_val: validation saw its classes) names no validation step
     last = record(0.97)
     last["results"]["tested"] = {"weights": "last", "step": 20000}
