@@ -287,8 +287,14 @@ def planned_data(spec: dict) -> str:
     overrides = dict(item.split("=", 1) for item in spec["train"] if "=" in item)
     if "data" in overrides:
         return overrides["data"]
-    experiment = yaml.safe_load((Path(config_dir()) / "experiment" / f"{overrides['experiment']}.yaml").read_text())
-    return next(entry["override /data"] for entry in experiment["defaults"] if isinstance(entry, dict) and "override /data" in entry)
+    return experiment_data(overrides["experiment"])
+
+
+def experiment_data(name: str) -> str:
+    """The data set an experiment config overrides, or the one it builds on (a plain defaults entry)."""
+    defaults = yaml.safe_load((Path(config_dir()) / "experiment" / f"{name}.yaml").read_text())["defaults"]
+    data = [entry["override /data"] for entry in defaults if isinstance(entry, dict) and "override /data" in entry]
+    return data[0] if data else experiment_data(next(entry for entry in defaults if isinstance(entry, str) and entry != "_self_"))
 
 
 def steps_cell(prior_steps: int, steps: int, paper_steps: str) -> str:
