@@ -33,6 +33,13 @@ def test_every_run_names_an_experiment_config_and_every_row_a_paper_source(repro
         assert all(row["source"] and row["protocol"] and row["setting"] for row in spec["rows"]), run
 
 
+def test_a_planned_row_names_the_data_of_its_experiment_or_of_the_experiment_it_builds_on(reproduce):
+    assert reproduce.planned_data({"train": ["experiment=imp_omniglotalphabets_10w10s"]}) == "omniglot_alphabets"
+    # protonet_omniglotalphabets_10w10s overrides only the algorithm of IMP's experiment
+    assert reproduce.planned_data({"train": ["experiment=protonet_omniglotalphabets_10w10s"]}) == "omniglot_alphabets"
+    assert reproduce.planned_data({"train": ["experiment=protonet_omniglotalphabets_10w10s", "data=omniglot"]}) == "omniglot"
+
+
 def record(acc: float, eval_acc: float | None = None) -> dict:
     test = {"acc": acc, "acc_ci95": 0.002, "episodes": 1000}
     return {
