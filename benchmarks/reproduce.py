@@ -293,8 +293,11 @@ def planned_data(spec: dict) -> str:
 def experiment_data(name: str) -> str:
     """The data set an experiment config overrides, or the one it builds on (a plain defaults entry)."""
     defaults = yaml.safe_load((Path(config_dir()) / "experiment" / f"{name}.yaml").read_text())["defaults"]
-    data = [entry["override /data"] for entry in defaults if isinstance(entry, dict) and "override /data" in entry]
-    return data[0] if data else experiment_data(next(entry for entry in defaults if isinstance(entry, str) and entry != "_self_"))
+    for entry in defaults:
+        if isinstance(entry, dict) and "override /data" in entry:
+            return entry["override /data"]
+    parent = next(entry for entry in defaults if isinstance(entry, str) and entry != "_self_")
+    return experiment_data(parent)
 
 
 def steps_cell(prior_steps: int, steps: int, paper_steps: str) -> str:
