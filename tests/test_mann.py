@@ -57,19 +57,28 @@ def with_gate(memory: LRUAMemory, value: float) -> LRUAMemory:
 # LRUA --------------------------------------------------------------------------------------------
 
 
-def test_a_closed_gate_writes_each_head_to_its_own_least_used_slot_and_zeroes_the_least_used():
+@pytest.mark.parametrize("write", ["add", "key"])
+def test_a_closed_gate_writes_each_head_to_its_own_least_used_slot_and_zeroes_the_least_used(write):
     torch.manual_seed(0)
-    memory = with_gate(LRUAMemory(controller_size=8, slots=6, size=3, heads=2), 0.0)
+    memory = with_gate(LRUAMemory(controller_size=8, slots=6, size=3, heads=2, write=write), 0.0)
     contents, usage, last_read, reads = memory_state(memory)
     hidden = torch.randn(2, 8)
     new_contents, _, _, _ = memory(hidden, (contents, usage, last_read, reads))
-    keys = torch.tanh(memory.key(hidden)).view(2, 2, 3)
+    # What each head writes: its own add vector, or its read key.
+    written = torch.tanh((memory.add if write == "add" else memory.key)(hidden)).view(2, 2, 3)
     for b in range(2):
         least, second = usage[b].argsort()[:2].tolist()
         expected = contents[b].clone()
-        expected[least] = keys[b, 0]  # zeroed, then written by head 0
-        expected[second] += keys[b, 1]  # head 1 writes to the second least used
+        expected[least] = written[b, 0]  # zeroed, then written by head 0
+        expected[second] += written[b, 1]  # head 1 writes to the second least used
         torch.testing.assert_close(new_contents[b], expected, atol=1e-6, rtol=1e-5)
+
+
+def test_the_add_vector_is_a_head_of_its_own_and_an_unknown_write_is_one_line():
+    assert LRUAMemory(controller_size=8, write="key").add is None
+    assert LRUAMemory(controller_size=8).add.out_features == 4 * 40
+    with pytest.raises(MetarunError, match="algo.write='value' is not known"):
+        LRUAMemory(controller_size=8, write="value")
 
 
 def test_an_open_gate_writes_to_the_slots_last_read():
@@ -166,7 +175,7 @@ def test_mann_learns_from_the_labels_shown_earlier_in_its_sequence():
     with torch.no_grad():
         metrics = algorithm.step(episodes(200, 10_000), train=False).metrics
     later = (metrics["acc@instance=3"].mean() + metrics["acc@instance=4"].mean()) / 2
-    assert metrics["acc@instance=1"].mean() > 0.5 and later > 0.42  # it measured 0.60 and 0.49
+    assert metrics["acc@instance=1"].mean() > 0.5 and later > 0.42  # it measured 0.63 and 0.49
 
 
 # The sequence protocol -----------------------------------------------------------------------------
