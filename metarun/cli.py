@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from metarun.interrupts import Interrupted, RunInterrupted, exit_code, interrupt_on_signals
+from metarun.interrupts import Interrupted, RunInterrupted, exit_code, interrupt_on_signals, signals_held
 
 log = logging.getLogger("metarun")
 
@@ -33,6 +33,8 @@ def run() -> None:
         if problem:
             print(f"metarun: error: {problem}", file=sys.stderr)
             sys.exit(2)
+        with signals_held():  # a stop during torch's import is one line too, not an abort
+            import torch  # noqa: F401
         main()
     except Interrupted as stopped:
         for key, _, value in (arg.partition("=") for arg in sys.argv[1:]):

@@ -1,8 +1,8 @@
 """Stop a run cleanly on SIGINT or SIGTERM, at any phase.
 
 Before training (imports, config, data) and during the final test, a signal raises Interrupted,
-which the command turns into one line; during training, StopRequests lets the loop finish its
-step and checkpoint first.
+which the command turns into one line (held through torch's import: signals_held); during
+training, StopRequests lets the loop finish its step and checkpoint first.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class Interrupted(KeyboardInterrupt):
@@ -30,6 +32,26 @@ def interrupt_on_signals() -> None:
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, raise_interrupted)
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, then raise Interrupted for the first one held.
+    For native code that runs Python inside C++ (torch's import): Interrupted raised in there
+    cannot unwind, and the process aborts ("terminate called after throwing ...")."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: held.append(signum))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if held:
+        raise Interrupted(signal.Signals(held[0]).name)
 
 
 class StopRequests:

@@ -1,5 +1,6 @@
 """Every stop and every bad start of the `metarun` command is one line, in a subprocess as a user meets it:
-Ctrl-C or SIGTERM at start-up and during the final test, unknown options and keys, failed starts."""
+Ctrl-C or SIGTERM at start-up (held through torch's import) and during the final test, unknown options
+and keys, failed starts."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from metarun.interrupts import Interrupted, signals_held
 
 SMOKE = ["debug=smoke", "logger=none"]
 
@@ -41,6 +44,20 @@ def test_a_stop_in_the_first_second_is_one_line_and_leaves_no_folder(tmp_path, s
     assert lines(output) == [f"metarun: stopped ({name}) before training began; nothing to resume"], output
     assert process.returncode == (130 if signum == signal.SIGINT else 0)
     assert not run.exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_torchs_import_is_held_to_its_end_then_stops_the_run(signum):
+    """Raised inside torch's native import code, Interrupted would abort the process instead."""
+    before = signal.getsignal(signum)
+    finished = False
+    with pytest.raises(Interrupted) as stopped:
+        with signals_held():
+            os.kill(os.getpid(), signum)
+            time.sleep(0.05)  # Python runs a handler between bytecodes: plenty of chances to raise
+            finished = True
+    assert finished and stopped.value.signal_name == signal.Signals(signum).name
+    assert signal.getsignal(signum) is before
 
 
 def test_ctrl_c_during_the_final_test_is_one_line_and_the_printed_command_finishes_the_run(tmp_path):
