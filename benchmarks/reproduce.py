@@ -105,6 +105,8 @@ def reproduce(run: str, spec: dict) -> None:
         restore_checkpoints(run, folder)
         print(f"{run}: {' '.join(train_command(run, spec))}", flush=True)
         subprocess.run(train_command(run, spec), check=True)
+        if not finished(folder, run_overrides(spec)):
+            raise MetarunError(f"{run} stopped before its last step, its checkpoints saved: run the driver again to resume it")
     evals = {}
     for row in spec["rows"]:
         if row.get("eval"):
@@ -166,11 +168,13 @@ def joined_curve(recorded: list[list], logged: list[tuple[int, float]]) -> list[
 def finished(folder: Path, overrides: list[str]) -> bool:
     """Whether `folder` holds the results of a run whose last command had exactly these
     overrides (an override added, changed or taken away since, such as a raised trainer.steps,
-    trains on, resuming from its last.pt)."""
-    started = folder / ".hydra" / "overrides.yaml"  # Hydra rewrites it at every start in the folder
-    if not (folder / "results.json").exists() or not started.exists():
+    trains on, resuming from its last.pt), and whose last start ran to its end: a run stopped
+    by a signal (SIGTERM exits 0, for a scheduler's requeue) leaves the previous results behind."""
+    started, results = folder / ".hydra" / "overrides.yaml", folder / "results.json"  # Hydra rewrites the first at every start
+    if not results.exists() or not started.exists():
         return False
-    return yaml.safe_load(started.read_text()) == [*overrides, *DRIVER_OVERRIDES]
+    return (yaml.safe_load(started.read_text()) == [*overrides, *DRIVER_OVERRIDES]
+            and results.stat().st_mtime >= started.stat().st_mtime)
 
 
 def machine() -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -78,14 +79,20 @@ def test_a_run_stopped_short_of_its_papers_budget_says_how_long_the_rest_would_t
     assert "| 30 (1.5 h for 60,000 steps) |" in table
 
 
-def test_a_run_is_finished_only_for_exactly_its_command(reproduce, tmp_path):
+def test_a_run_is_finished_only_for_exactly_its_command_run_to_its_end(reproduce, tmp_path):
     (tmp_path / ".hydra").mkdir()
-    (tmp_path / "results.json").write_text("{}")
     started = ["experiment=x", "trainer.steps=5000", *reproduce.DRIVER_OVERRIDES]
-    (tmp_path / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in started))
+    overrides = tmp_path / ".hydra" / "overrides.yaml"
+    overrides.write_text("".join(f"- {o}\n" for o in started))
+    results = tmp_path / "results.json"
+    results.write_text("{}")
+    os.utime(overrides, (1_000, 1_000))
+    os.utime(results, (2_000, 2_000))
     assert reproduce.finished(tmp_path, ["experiment=x", "trainer.steps=5000"])
     assert not reproduce.finished(tmp_path, ["experiment=x", "trainer.steps=20000"])  # raised: it trains on
     assert not reproduce.finished(tmp_path, ["experiment=x"])  # the cap taken away: the config's own steps
+    os.utime(overrides, (3_000, 3_000))  # started again, then stopped by a signal: the results are the earlier run's
+    assert not reproduce.finished(tmp_path, ["experiment=x", "trainer.steps=5000"])
 
 
 def test_a_short_run_keeps_its_checkpoints_for_a_fresh_checkout_and_its_curve_joins_the_recorded_one(reproduce, tmp_path, monkeypatch):
