@@ -166,15 +166,19 @@ def joined_curve(recorded: list[list], logged: list[tuple[int, float]]) -> list[
 
 
 def finished(folder: Path, overrides: list[str]) -> bool:
-    """Whether `folder` holds the results of a run whose last command had exactly these
-    overrides (an override added, changed or taken away since, such as a raised trainer.steps,
-    trains on, resuming from its last.pt), and whose last start ran to its end: a run stopped
-    by a signal (SIGTERM exits 0, for a scheduler's requeue) leaves the previous results behind."""
+    """Whether `folder` holds the results of a run whose command had exactly these overrides (an
+    override added, changed or taken away since, such as a raised trainer.steps, trains on,
+    resuming from its last.pt). metarun records the command in results.json; for results from
+    before it did, the folder's last start must have run to its end, since a run stopped by a
+    signal (SIGTERM exits 0, for a scheduler's requeue) leaves the previous results behind."""
     started, results = folder / ".hydra" / "overrides.yaml", folder / "results.json"  # Hydra rewrites the first at every start
     if not results.exists() or not started.exists():
         return False
-    return (yaml.safe_load(started.read_text()) == [*overrides, *DRIVER_OVERRIDES]
-            and results.stat().st_mtime >= started.stat().st_mtime)
+    command = [*overrides, *DRIVER_OVERRIDES]
+    recorded = json.loads(results.read_text()).get("overrides")
+    if recorded is not None:
+        return recorded == command
+    return yaml.safe_load(started.read_text()) == command and results.stat().st_mtime >= started.stat().st_mtime
 
 
 def machine() -> str:
@@ -243,13 +247,15 @@ def render(plan: dict, records: dict[str, dict]) -> str:
 
 
 def prior_training(plan: dict, records: dict[str, dict], run: str) -> tuple[int, float, str | None]:
-    """The steps, seconds and machines of the runs that `run` continues (starts_from, and what that one starts from)."""
+    """What `run` continues (starts_from, and what that one starts from): the steps behind the
+    weights it starts from (an earlier best counts its own step, not the steps trained after it),
+    and the seconds and machines of every step trained."""
     earlier = plan["runs"][run].get("starts_from")
     if not earlier or earlier not in records:
         return 0, 0.0, None
     steps, seconds, machines = prior_training(plan, records, earlier)
     results = records[earlier]["results"]
-    return steps + results["steps"], seconds + results["train"]["seconds"], joined_machines(machines, records[earlier]["machine"])
+    return steps + results["tested"]["step"], seconds + results["train"]["seconds"], joined_machines(machines, records[earlier]["machine"])
 
 
 def row_cells(run: str, spec: dict, row: dict, record: dict | None, prior: tuple[int, float, str | None] = (0, 0.0, None)) -> tuple[list[str], bool | None]:

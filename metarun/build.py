@@ -7,6 +7,7 @@ import difflib
 import os
 import platform
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,16 +35,17 @@ from metarun.trainer import Trainer
 from metarun.variable_episodes import FixedVariableEpisodes, variable_meta_batch
 
 
-def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> dict:
-    """Build the run described by `cfg` in `run_dir`, meta-train it and return its results."""
-    trainer = build_trainer(cfg, run_dir, choices)
+def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: Sequence[str] = ()) -> dict:
+    """Build the run described by `cfg` in `run_dir`, meta-train it and return its results;
+    `overrides`: the command line that chose `cfg`, recorded in its results."""
+    trainer = build_trainer(cfg, run_dir, choices, overrides)
     try:
         return trainer.fit()
     finally:
         trainer.distributed.close()
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> Trainer:
+def build_trainer(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: Sequence[str] = ()) -> Trainer:
     """Check the config, load the data, build every object; fail with one line before training."""
     check_settings(cfg)
     device = resolve_device(cfg.device)
@@ -84,7 +86,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> Tr
         run_dir=run_dir,
         logger=logger,
         monitor=(splits.task.monitor, splits.task.higher_is_better),
-        metadata=run_metadata(cfg, choices, device, splits) | compute.describe(),
+        metadata=run_metadata(cfg, choices, device, splits, overrides) | compute.describe(),
         hparams=run_hparams(cfg, choices) | {"precision": compute.precision, "channels_last": compute.channels_last},
         pictures=pictures,
         distributed=distributed,
@@ -353,9 +355,11 @@ def prepare_run_dir(run_dir: Path) -> None:
         raise MetarunError(f"the run folder {run_dir} cannot be written ({error.strerror}); choose another with hydra.run.dir=...") from None
 
 
-def run_metadata(cfg: DictConfig, choices: dict[str, str], device: torch.device, splits: DataSplits) -> dict:
+def run_metadata(cfg: DictConfig, choices: dict[str, str], device: torch.device, splits: DataSplits,
+                 overrides: Sequence[str] = ()) -> dict:
     """What results.json (and every checkpoint) says about the run besides its numbers; `input`
-    and `classes` let metarun-predict rebuild the model without the data set."""
+    and `classes` let metarun-predict rebuild the model without the data set, and `overrides`
+    tell the command behind these numbers from a later start in the same folder."""
     return {
         "algorithm": choices.get("algo"),
         "data": choices.get("data"),
@@ -377,6 +381,7 @@ def run_metadata(cfg: DictConfig, choices: dict[str, str], device: torch.device,
             "torchvision": _version("torchvision"),
             "python": platform.python_version(),
         },
+        "overrides": list(overrides),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
 

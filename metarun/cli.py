@@ -113,10 +113,11 @@ def train_job(cfg) -> float | None:
 
     if cfg.get("malloc") == "tuned":
         tune_malloc()
-    runtime = HydraConfig.get().runtime
+    hydra_config = HydraConfig.get()
+    runtime = hydra_config.runtime
     run_dir = Path(runtime.output_dir)
     try:
-        results = train(cfg, run_dir, dict(runtime.choices))
+        results = train(cfg, run_dir, dict(runtime.choices), list(hydra_config.overrides.task))
     except MetarunError as error:
         remove_if_unused(run_dir)
         print(f"metarun: error: {error}", file=sys.stderr)

@@ -33,6 +33,7 @@ class Run:
     results: dict
     overrides: dict[str, str]
     curve: list[tuple[int, float]] = field(default_factory=list)  # (step, validation score)
+    restarted_with: list[str] | None = None  # the overrides of a later start that has not finished
 
     @property
     def metric(self) -> str:
@@ -83,18 +84,24 @@ class Group:
 
 
 def collect(folder: Path) -> list[Run]:
-    """Every finished run under `folder` (a results.json marks one), with its validation curve."""
+    """Every finished run under `folder` (a results.json marks one), with its validation curve.
+
+    A run's overrides are those its results.json records, the command behind its numbers: Hydra
+    rewrites .hydra/overrides.yaml at every start, so after a resume to more steps that has not
+    finished it names the new command (older results record none: then that file is read)."""
     runs = []
     for results_file in sorted(folder.rglob("results.json")):
         run_dir = results_file.parent
-        overrides_file = run_dir / ".hydra" / "overrides.yaml"
-        overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
+        started_file = run_dir / ".hydra" / "overrides.yaml"
+        started = (yaml.safe_load(started_file.read_text()) or []) if started_file.exists() else []
         results = json.loads(results_file.read_text())
+        overrides = results.get("overrides", started)
         runs.append(Run(
             id=run_id(run_dir.relative_to(folder)),
             results=results,
-            overrides=dict(item.lstrip("+").split("=", 1) for item in overrides or [] if "=" in item),
+            overrides=dict(item.lstrip("+").split("=", 1) for item in overrides if "=" in item),
             curve=validation_curve(run_dir / "tb", f"val/{results['metric']}"),
+            restarted_with=started if started_file.exists() and started != overrides else None,
         ))
     return runs
 
@@ -274,6 +281,10 @@ def write_report(folder: Path, out: Path, group_by: list[str] | None = None, wit
     header, rows = table(runs)
     out.mkdir(parents=True, exist_ok=True)
     text = f"Runs under {folder}:\n\n" + markdown(header, readable(header, rows))
+    for run in runs:
+        if run.restarted_with is not None:
+            text += (f"\n{run.id} was started again, with `{' '.join(run.restarted_with)}`, and has not finished: "
+                     "its row is the run that finished before\n")
     written = [out / "report.md", out / "report.csv", out / "report_grouped.csv", out / "val_curves.png", out / "test_scores.png"]
     group_header, group_rows = grouped_table(groups, keys)
     if len(groups) < len(runs):

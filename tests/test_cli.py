@@ -22,6 +22,7 @@ def test_a_2x2_multirun_runs_four_jobs_in_folders_named_by_their_overrides(tmp_p
     assert done.returncode == 0, done.stderr
     results = results_under(tmp_path / "outputs" / "multirun")
     assert sorted((r["algorithm"], r["shots"]) for r in results) == [("maml", 1), ("maml", 5), ("protonet", 1), ("protonet", 5)]
+    assert all(r["overrides"][:2] == [f"algo={r['algorithm']}", f"episode=5way_{r['shots']}shot"] for r in results)
     names = [p.parent.name for p in (tmp_path / "outputs" / "multirun").rglob("results.json")]
     assert any("algo=protonet" in name and "episode=5way_5shot" in name for name in names)
     sweep = next((tmp_path / "outputs" / "multirun").iterdir())

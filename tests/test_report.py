@@ -91,6 +91,22 @@ def test_group_by_names_the_keys_of_a_configuration(tmp_path):
     assert len(grouped) == 6 and "Mean over the runs" not in text  # no group holds two runs
 
 
+def test_a_run_started_again_and_not_finished_keeps_the_overrides_of_its_results(tmp_path):
+    fake_run(tmp_path / "0_seed=0", "maml", 0.90, ["seed=0", "trainer.steps=100"])
+    fake_run(tmp_path / "1_seed=1", "maml", 0.92, ["seed=1", "trainer.steps=100"])
+    for job in tmp_path.iterdir():  # each records its command; job 1 is then resumed to 200 steps and stopped
+        results = json.loads((job / "results.json").read_text())
+        started = [line[2:] for line in (job / ".hydra" / "overrides.yaml").read_text().splitlines()]
+        (job / "results.json").write_text(json.dumps(results | {"overrides": started}))
+    (tmp_path / "1_seed=1" / ".hydra" / "overrides.yaml").write_text("- seed=1\n- trainer.steps=200\n")
+    runs = collect(tmp_path)
+    assert [run.overrides["trainer.steps"] for run in runs] == ["100", "100"]
+    assert swept_keys(runs) == ["seed"]
+    text, _ = write_report(tmp_path, tmp_path)
+    assert "#1 was started again, with `seed=1 trainer.steps=200`, and has not finished" in text
+    assert "#0 was started again" not in text
+
+
 def test_a_folder_without_runs_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as stopped:
         main([str(tmp_path)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -46,7 +47,8 @@ def record(acc: float, eval_acc: float | None = None) -> dict:
     return {
         "train": ["experiment=x"],
         "results": {"algorithm": "protonet", "data": "omniglot", "test": test, "steps": 20000, "precision": "bf16",
-                    "val": {"best_acc": 0.95, "best_step": 19000}, "train": {"seconds": 1800.0}},
+                    "val": {"best_acc": 0.95, "best_step": 19000}, "tested": {"weights": "best", "step": 19000},
+                    "train": {"seconds": 1800.0}},
         "val_curve": [[1000, 0.9], [20000, 0.949]],
         "evals": {} if eval_acc is None else {"episode=5way_1shot": {"test": test | {"acc": eval_acc}}},
         "machine": "a CPU, 2 cores",
@@ -93,6 +95,10 @@ def test_a_run_is_finished_only_for_exactly_its_command_run_to_its_end(reproduce
     assert not reproduce.finished(tmp_path, ["experiment=x"])  # the cap taken away: the config's own steps
     os.utime(overrides, (3_000, 3_000))  # started again, then stopped by a signal: the results are the earlier run's
     assert not reproduce.finished(tmp_path, ["experiment=x", "trainer.steps=5000"])
+    results.write_text(json.dumps({"overrides": started}))  # results that record their command need no times
+    assert reproduce.finished(tmp_path, ["experiment=x", "trainer.steps=5000"])
+    overrides.write_text("- experiment=x\n- trainer.steps=20000\n")  # resumed to 20,000 steps and stopped
+    assert not reproduce.finished(tmp_path, ["experiment=x", "trainer.steps=20000"])
 
 
 def test_a_short_run_keeps_its_checkpoints_for_a_fresh_checkout_and_its_curve_joins_the_recorded_one(reproduce, tmp_path, monkeypatch):
@@ -133,12 +139,13 @@ def test_a_run_that_starts_from_another_trains_from_its_weights_and_counts_its_s
     decayed["machine"] = "a GPU"
     table = reproduce.render(plan, {"relationnet_first": record(0.95), "relationnet_decayed": decayed})
     assert table.count("| relationnet |") == 0 and table.count("| protonet | omniglot | 20-way 1-shot |") == 1  # one row
-    # 20,000 + 20,000 steps, best at 20,000 + 19,000, 30 + 30 minutes
-    assert "| 40,000 (20,000 + 20,000; 1,000,000) | 39000 (95.0; last 94.9) | 60 (25.0 h for 1,000,000 steps) |" in table
+    # from the first run's best weights, of step 19,000: 19,000 + 20,000 steps, best at 19,000 + 19,000;
+    # its minutes count every step trained, 30 + 30
+    assert "| 39,000 (19,000 + 20,000; 1,000,000) | 38000 (95.0; last 94.9) | 60 (25.6 h for 1,000,000 steps) |" in table
     assert "1.0 training hours" in table
     assert "| a CPU, 2 cores then a GPU; bf16 |" in table  # the machines of both runs, in order
     # a run testing its last weights (train_on_val: validation saw its classes) names no validation step
     last = record(0.97)
     last["results"]["tested"] = {"weights": "last", "step": 20000}
     table = reproduce.render(plan, {"relationnet_first": record(0.95), "relationnet_decayed": last})
-    assert "| — (the last weights, of step 40,000) |" in table
+    assert "| — (the last weights, of step 39,000) |" in table
