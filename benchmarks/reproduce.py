@@ -114,7 +114,9 @@ def reproduce(run: str, spec: dict) -> None:
             evals[" ".join(row["eval"])], _ = rescore(folder, row["eval"])
     results = json.loads((folder / "results.json").read_text())
     logged = validation_curve(folder / "tb", f"val/{results['metric']}")
-    curve = joined_curve(recorded.get("val_curve", []), logged)
+    trained = validation_curve(folder / "tb", "train/lr")
+    began = min((points[0][0] for points in (trained, logged) if points), default=math.inf)  # the folder's first logged step
+    curve = joined_curve(recorded.get("val_curve", []), logged, trained_from=began)
     resumed = len(curve) > len(logged)  # its earlier steps trained where the record was made, perhaps another machine
     record = {
         "train": spec["train"],
@@ -158,11 +160,11 @@ def copy_checkpoints(source: Path, target: Path) -> None:
         shutil.copy2(checkpoint, target / checkpoint.name)
 
 
-def joined_curve(recorded: list[list], logged: list[tuple[int, float]]) -> list[list]:
-    """The validation curve: what the run folder's events logged, after the recorded points of
-    earlier steps (a run resumed from kept checkpoints has only its new steps' events)."""
-    start = logged[0][0] if logged else math.inf
-    return [list(point) for point in recorded if point[0] < start] + [list(point) for point in logged]
+def joined_curve(recorded: list[list], logged: list[tuple[int, float]], trained_from: float) -> list[list]:
+    """The validation curve: what the run folder's events logged, after the recorded points of the
+    steps before its events begin at `trained_from` (a run resumed from kept checkpoints has only its
+    new steps' events; one trained again from the start keeps none of its record)."""
+    return [list(point) for point in recorded if point[0] < trained_from] + [list(point) for point in logged]
 
 
 def finished(folder: Path, overrides: list[str]) -> bool:

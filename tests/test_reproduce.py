@@ -120,8 +120,10 @@ def test_a_short_run_keeps_its_checkpoints_for_a_fresh_checkout_and_its_curve_jo
     reproduce.keep_checkpoints("maml", trained, short=True)  # too big for the repository: left in the run folder
     assert not (tmp_path / "kept" / "maml").exists() and (trained / "last.pt").exists()
     recorded = [[1000, 0.5], [2000, 0.6], [3000, 0.7]]
-    assert reproduce.joined_curve(recorded, [(3000, 0.71), (4000, 0.8)]) == [[1000, 0.5], [2000, 0.6], [3000, 0.71], [4000, 0.8]]
-    assert reproduce.joined_curve(recorded, [(1000, 0.4)]) == [[1000, 0.4]]  # trained again from the start
+    resumed = reproduce.joined_curve(recorded, [(3000, 0.71), (4000, 0.8)], trained_from=2010)
+    assert resumed == [[1000, 0.5], [2000, 0.6], [3000, 0.71], [4000, 0.8]]
+    # trained again from the start, validated less often: nothing of the record is kept
+    assert reproduce.joined_curve(recorded, [(2000, 0.4)], trained_from=10) == [[2000, 0.4]]
     # resumed on another machine, the record names both, each once however often it trained there
     assert reproduce.joined_machines("A then B", "B") == "A then B" and reproduce.joined_machines(None, "B") == "B"
     assert reproduce.joined_machines("A", "B", "A") == "A then B then A"
