@@ -55,7 +55,7 @@ def main() -> None:
         chosen = list(dict.fromkeys(run for pattern in args.runs for run in plan["runs"] if fnmatch.fnmatch(run, pattern)))
         for run in chosen:
             try:
-                reproduce(run, plan["runs"][run])
+                reproduce(run, plan["runs"][run], prior_steps=prior_training(plan, load_records(), run)[0])
             except (subprocess.CalledProcessError, MetarunError) as error:  # the next runs still go
                 print(f"{run}: failed ({error}); continuing with the next run", file=sys.stderr, flush=True)
             TABLE.write_text(render(plan, load_records()))  # after each run: the table grows as rows land
@@ -84,8 +84,9 @@ def eval_command(run: str, overrides: list[str]) -> list[str]:
     return ["metarun-eval", f"run={RUNS / run}", *overrides]
 
 
-def reproduce(run: str, spec: dict) -> None:
-    """Train `run` unless its folder holds a finished run of the same command, score its rows, record them."""
+def reproduce(run: str, spec: dict, prior_steps: int = 0) -> None:
+    """Train `run` unless its folder holds a finished run of the same command, score its rows, record them;
+    `prior_steps`: those behind the weights it starts from, counted against its budget."""
     from metarun.report import validation_curve
     from metarun.rescore import rescore
 
@@ -127,7 +128,7 @@ def reproduce(run: str, spec: dict) -> None:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     record_path.write_text(json.dumps(record, indent=1) + "\n")
-    keep_checkpoints(run, folder, short=bool(spec.get("full_steps")) and results["steps"] < spec["full_steps"])
+    keep_checkpoints(run, folder, short=bool(spec.get("full_steps")) and prior_steps + results["steps"] < spec["full_steps"])
 
 
 # A run stopped short of its paper's budget keeps its checkpoints in the repository, so that a

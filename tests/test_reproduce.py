@@ -129,6 +129,22 @@ def test_a_short_run_keeps_its_checkpoints_for_a_fresh_checkout_and_its_curve_jo
     assert reproduce.joined_machines("A", "B", "A") == "A then B then A"
 
 
+def test_a_run_that_starts_from_another_counts_the_steps_behind_its_weights_against_its_budget(reproduce, tmp_path, monkeypatch):
+    for name in ("RUNS", "RESULTS", "CHECKPOINTS"):
+        monkeypatch.setattr(reproduce, name, tmp_path / name.lower())
+    spec = {"train": ["experiment=x", "trainer.steps=57000"], "starts_from": "first", "full_steps": 100000, "rows": []}
+    folder = reproduce.RUNS / "second"  # trained to its end: the driver only records it
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text("[]\n")
+    (folder / "results.json").write_text(json.dumps({"overrides": [*reproduce.run_overrides(spec), *reproduce.DRIVER_OVERRIDES], "steps": 57000, "metric": "acc"}))
+    (folder / "last.pt").write_bytes(b"weights")
+    reproduce.reproduce("second", spec, prior_steps=43000)  # 43,000 + 57,000: the budget reached
+    assert not (reproduce.CHECKPOINTS / "second").exists()
+    (reproduce.RESULTS / "second.json").unlink()
+    reproduce.reproduce("second", spec, prior_steps=0)  # 57,000 of 100,000: kept for a fresh checkout
+    assert (reproduce.CHECKPOINTS / "second" / "last.pt").read_bytes() == b"weights"
+
+
 def test_a_run_that_starts_from_another_trains_from_its_weights_and_counts_its_steps_and_minutes(reproduce):
     plan = {"runs": {
         "relationnet_first": {"train": ["experiment=x", "trainer.steps=20000"], "paper_steps": "1,000,000", "rows": []},
