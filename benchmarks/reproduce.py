@@ -37,6 +37,7 @@ KEEP_AT_MOST_MB = 8  # a run's checkpoints above this stay in its run folder: th
 RUNS = Path("outputs") / "reproduce"  # relative to the repository root, as the commands are printed
 DRIVER_OVERRIDES = ["trainer.resume=auto", "trainer.progress=false"]  # every run's, after its own
 WITHIN = 1.0  # points: a row "matches" its paper when at most this far below it
+CURVE_POINTS = 10  # validation points shown per short run: enough to see the trend, few enough to read
 
 
 def main() -> None:
@@ -215,7 +216,7 @@ def vector_unit() -> str:
 
 
 def render(plan: dict, records: dict[str, dict]) -> str:
-    """RESULTS.md: one row per (method, data, setting), then each run's commands."""
+    """RESULTS.md: one row per (method, data, setting), the curves of the runs stopped short, then each run's commands."""
     lines = [
         "# Results: published numbers against metarun's",
         "",
@@ -241,12 +242,38 @@ def render(plan: dict, records: dict[str, dict]) -> str:
             matched += bool(match)
     lines += ["", f"{matched} of {scored} rows with a paper number are within {WITHIN:g} point of it; "
               f"{hours:.1f} training hours in all.", ""]
+    lines += curves_section(plan, records)
     lines += ["## Data", ""] + [f"- **{name}**: {note}" for name, note in plan.get("data_notes", {}).items()]
     lines += ["", "## Commands", "", "From the repository root, with `METARUN_DATA` the folder holding `omniglot/` and `cifar100/`:", ""]
     for run, spec in plan["runs"].items():
         commands = [" ".join(train_command(run, spec))] + [" ".join(eval_command(run, row["eval"])) for row in spec["rows"] if row.get("eval")]
         lines += [f"**{run}**" + ("" if run in records else " (not run yet)"), "", "```bash", *commands, "```", ""]
     return "\n".join(lines)
+
+
+def curves_section(plan: dict, records: dict[str, dict]) -> list[str]:
+    """The validation curve of each run stopped short of its paper's budget, so that a reader sees
+    whether more steps would still pay (runs that trained on their validation classes have none)."""
+    lines = ["## Validation curves of the runs stopped short", "",
+             f"Validation accuracy (%) by step, at most {CURVE_POINTS} points of each run's curve, its last included.", ""]
+    for run, spec in plan["runs"].items():
+        record = records.get(run)
+        if not record or not spec.get("full_steps") or record["results"].get("tested", {}).get("weights") == "last":
+            continue
+        prior_steps = prior_training(plan, records, run)[0]
+        steps = prior_steps + record["results"]["steps"]
+        if steps >= spec["full_steps"] or not record["val_curve"]:
+            continue
+        points = ", ".join(f"{prior_steps + step:,}: {100 * acc:.1f}" for step, acc in sampled(record["val_curve"], CURVE_POINTS))
+        lines.append(f"- **{run}** ({steps:,} of {spec['full_steps']:,} steps): {points}")
+    return lines + [""]
+
+
+def sampled(curve: list, count: int) -> list:
+    """At most `count` evenly spaced points of `curve`, its first and last among them."""
+    if len(curve) <= count:
+        return curve
+    return [curve[round(i * (len(curve) - 1) / (count - 1))] for i in range(count)]
 
 
 def prior_training(plan: dict, records: dict[str, dict], run: str) -> tuple[int, float, str | None]:

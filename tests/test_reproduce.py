@@ -79,6 +79,12 @@ def test_a_run_stopped_short_of_its_papers_budget_says_how_long_the_rest_would_t
         {"setting": "5-way 1-shot", "paper": 98.7, "source": "Finn", "protocol": "p"}]}}}
     table = reproduce.render(plan, {"maml_omniglot_5w1s": record(0.97)})  # 20,000 steps in 30 minutes
     assert "| 30 (1.5 h for 60,000 steps) |" in table
+    assert "- **maml_omniglot_5w1s** (20,000 of 60,000 steps): 1,000: 90.0, 20,000: 94.9" in table  # its curve shown
+    long = record(0.97) | {"val_curve": [[1000 * step, step / 100] for step in range(1, 21)]}
+    points = reproduce.render(plan, {"maml_omniglot_5w1s": long}).split("(20,000 of 60,000 steps): ")[1].splitlines()[0]
+    assert points.split(", ") == [f"{1000 * step:,}: {step:.1f}" for step in (1, 3, 5, 7, 9, 12, 14, 16, 18, 20)]  # 10 of them
+    plan["runs"]["maml_omniglot_5w1s"]["full_steps"] = 20000  # the paper's budget reached: no curve
+    assert "**maml_omniglot_5w1s** (" not in reproduce.render(plan, {"maml_omniglot_5w1s": record(0.97)})
 
 
 def test_a_run_is_finished_only_for_exactly_its_command_run_to_its_end(reproduce, tmp_path):
