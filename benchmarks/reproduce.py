@@ -129,7 +129,7 @@ def reproduce(run: str, spec: dict, prior_steps: int = 0) -> None:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     record_path.write_text(json.dumps(record, indent=1) + "\n")
-    keep_checkpoints(run, folder, short=bool(spec.get("full_steps")) and prior_steps + results["steps"] < spec["full_steps"])
+    keep_checkpoints(run, folder, short=stopped_short(prior_steps + results["steps"], spec.get("full_steps")))
 
 
 # A run stopped short of its paper's budget keeps its checkpoints in the repository, so that a
@@ -258,11 +258,11 @@ def curves_section(plan: dict, records: dict[str, dict]) -> list[str]:
              f"Validation accuracy (%) by step, at most {CURVE_POINTS} points of each run's curve, its last included.", ""]
     for run, spec in plan["runs"].items():
         record = records.get(run)
-        if not record or not spec.get("full_steps") or record["results"].get("tested", {}).get("weights") == "last":
+        if not record or not record["val_curve"] or record["results"].get("tested", {}).get("weights") == "last":
             continue
         prior_steps = prior_training(plan, records, run)[0]
         steps = prior_steps + record["results"]["steps"]
-        if steps >= spec["full_steps"] or not record["val_curve"]:
+        if not stopped_short(steps, spec.get("full_steps")):
             continue
         points = ", ".join(f"{prior_steps + step:,}: {100 * acc:.1f}" for step, acc in sampled(record["val_curve"], CURVE_POINTS))
         lines.append(f"- **{run}** ({steps:,} of {spec['full_steps']:,} steps): {points}")
@@ -346,11 +346,16 @@ def steps_cell(prior_steps: int, steps: int, paper_steps: str) -> str:
     return f"{prior_steps + steps:,} ({parts}{paper_steps})"
 
 
+def stopped_short(steps: int, full_steps: int | None) -> bool:
+    """Whether a run of `steps` is short of its paper's `full_steps` (None: a run trained to its paper's own stopping rule)."""
+    return bool(full_steps) and steps < full_steps
+
+
 def train_minutes(steps: int, seconds: float, full_steps: int | None) -> str:
     """Minutes trained; for a run stopped short of the paper's `full_steps`, also the hours all of
     them would take at the rate this run measured."""
     minutes = seconds / 60
-    if not full_steps or steps >= full_steps:
+    if not stopped_short(steps, full_steps):
         return f"{minutes:.0f}"
     return f"{minutes:.0f} ({minutes * full_steps / steps / 60:.1f} h for {full_steps:,} steps)"
 
